@@ -1,0 +1,54 @@
+# Kontext Studio: set-up and everyday commands. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PIP    := $(VENV)/bin/pip
+PY     := $(VENV)/bin/python
+KONTEXT := $(VENV)/bin/kontext
+# torch first, pinned: pip would otherwise resolve the newest build (several GB of CUDA wheels on Linux).
+TORCH  ?= torch==2.13.0
+
+IMG    ?=
+PROMPT ?=
+OUT    ?= out.png
+ARGS   ?=
+
+.PHONY: install install-dev edit demo test lint typecheck bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[gpu]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## the engine and the `kontext` CLI
+
+install-dev: $(VENV)/.installed-dev  ## plus test and lint tools
+
+edit: install  ## make edit IMG=photo.jpg PROMPT="put her on a beach at sunset" [OUT=out.png] [ARGS="--seed 7"]
+	@test -n "$(IMG)" -a -n "$(PROMPT)" || { echo 'usage: make edit IMG=photo.jpg PROMPT="put her on a beach at sunset" [OUT=out.png] [ARGS=...]'; exit 2; }
+	$(KONTEXT) edit $(IMG) "$(PROMPT)" -o $(OUT) $(ARGS)
+
+demo: install  ## a dry run end to end on the tiny random-weight test model (no download)
+	$(KONTEXT) build-tiny-model .kontext/tiny-model
+	$(PY) -c "from PIL import Image; Image.radial_gradient('L').convert('RGB').resize((640,480)).save('.kontext/demo.png')"
+	$(KONTEXT) edit .kontext/demo.png "put it on a beach at sunset" -o .kontext/demo-out.png --model .kontext/tiny-model --steps 4 --seed 7
+
+test: install-dev  ## the whole suite
+	$(VENV)/bin/pytest $(ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: install-dev  ## engine overhead vs stock diffusers, series encode reuse
+	$(PY) benchmarks/engine_overhead.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info

@@ -1,0 +1,57 @@
+"""Composition: settings → backends → Editor. The faces (CLI, service) build their engine here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from kontext_studio.core.backends.base import EditBackend
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.weights import ModelSource
+from kontext_studio.settings import Settings
+
+
+def model_source(settings: Settings) -> ModelSource:
+    return ModelSource.parse(settings.model, base=settings.base_model)
+
+
+def build_editor(settings: Settings, on_status: Callable[[str], None] | None = None) -> Editor:
+    """An Editor whose local tiers run on the diffusers backend (built on first use).
+
+    Remote tiers (pro, max) stay unconfigured until their backend is installed; selecting them raises
+    TierNotConfigured naming what is missing.
+    """
+
+    def diffusers_backend() -> EditBackend:
+        quiet_third_party_logs()
+        from kontext_studio.core.backends.diffusers_kontext import DiffusersKontextBackend
+
+        return DiffusersKontextBackend(
+            model_source(settings),
+            device=settings.device,
+            dtype=settings.dtype,
+            memory_mode=settings.memory_mode,
+            token=settings.hf_token,
+            allow_download=settings.allow_download,
+            cache_dir=settings.home / "cache",
+            on_status=on_status,
+        )
+
+    return Editor(backend_factories={"diffusers": diffusers_backend})
+
+
+def with_overrides(settings: Settings, **changes: object) -> Settings:
+    """Settings with the non-None CLI overrides applied."""
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def quiet_third_party_logs() -> None:
+    """Keep transformers/diffusers import chatter (optional torchvision, progress bars) off the console;
+    the faces draw their own progress."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()

@@ -1,0 +1,1 @@
+"""The ``kontext`` command line: thin Typer commands over the engine."""

@@ -1,0 +1,295 @@
+"""``kontext``: edit, series, replay, models, doctor, build-tiny-model."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from kontext_studio.bootstrap import build_editor, model_source, with_overrides
+from kontext_studio.cli.output import err, fail, out, print_json, progress_bars
+from kontext_studio.core.errors import InvalidRequest, KontextError
+from kontext_studio.core.recipe import format_for_path, read_recipe
+from kontext_studio.core.registry import TIERS
+from kontext_studio.core.resolution import ASPECT_PRESETS
+from kontext_studio.core.types import EditRequest, LoraSpec, Reference
+from kontext_studio.settings import Settings
+
+app = typer.Typer(
+    name="kontext",
+    help="Kontext Studio: edit photos with FLUX.1 Kontext while keeping the subject itself.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub repo id, diffusers folder or single "
+                                              "checkpoint file (default: KONTEXT_MODEL or the official repo).")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="For a single-file checkpoint: folder or repo "
+                                             "holding the text encoders, VAE and configs.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cuda, cuda:1, mps or cpu.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory-mode", help="auto, gpu, model_offload, "
+                                               "group_offload or sequential_offload.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout (progress stays on stderr).")]
+
+
+def handles_errors(fn: F) -> F:
+    """Turn engine errors into a clear message and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return fn(*args, **kwargs)
+        except KontextError as exc:
+            fail(str(exc), getattr(exc, "exit_code", 1), as_json, getattr(exc, "code", "error"))
+            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            fail("canceled", 130, as_json, "canceled")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(model: str | None, base: str | None, device: str | None, memory_mode: str | None) -> Settings:
+    return with_overrides(Settings.from_env(), model=model, base_model=base, device=device, memory_mode=memory_mode)
+
+
+def _references(images: list[str], roles: list[str] | None) -> list[Reference]:
+    roles = roles or []
+    if len(roles) > len(images):
+        raise InvalidRequest(f"--role given {len(roles)} times for {len(images)} image(s); give one per image, "
+                             "in order", field="role")
+    return [Reference(img, roles[i] if i < len(roles) else None) for i, img in enumerate(images)]
+
+
+def _report(result: Any, path: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"output": str(path), **result.summary()})
+        return
+    w, h = result.image.size
+    out.print(f"[green]saved[/] {path}  ({w}x{h}, seed {result.seed}, {result.timings['total']:.2f} s)")
+    for warning in result.warnings:
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
+    if result.recipe.get("model", {}).get("random_weights"):
+        err.print("[yellow]note:[/] this model has random weights (test model): the image is noise by design")
+
+
+@app.command()
+@handles_errors
+def edit(
+    inputs: Annotated[list[str], typer.Argument(help="Reference image(s) (1-4), then the instruction in quotes.",
+                                                metavar="IMG [IMG...] INSTRUCTION")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output file (.png, .jpg or .webp).")],
+    tier: Annotated[str, typer.Option(help=f"One of {', '.join(TIERS)}.")] = "dev",
+    aspect: Annotated[str, typer.Option(help="match_input_image or W:H, e.g. " + ", ".join(ASPECT_PRESETS))]
+    = "match_input_image",
+    seed: Annotated[int | None, typer.Option(help="Seed (random when omitted; the one used is printed).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (tier default: dev 28, fast 14).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance (default 2.5).")] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA file, optionally PATH:WEIGHT; repeatable.")] = None,
+    strategy: Annotated[str, typer.Option(help="Several references: stitch, offset or index.")] = "stitch",
+    role: Annotated[list[str] | None, typer.Option(help="Role per image in order: subject, garment, style, "
+                                                   "background, object; repeatable.")] = None,
+    geometry: Annotated[str, typer.Option(help="lock: exactly the input size or ratio; native: model size.")]
+    = "lock",
+    output_format: Annotated[str | None, typer.Option("--format", help="png, jpeg or webp (default: from -o).")]
+    = None,
+    model: ModelOpt = None,
+    base: BaseOpt = None,
+    device: DeviceOpt = None,
+    memory_mode: MemoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Edit one or more reference images with an instruction."""
+    if len(inputs) < 2:
+        raise InvalidRequest('give at least one image and an instruction: kontext edit photo.jpg "make it snowy" '
+                             "-o out.png", field="instruction")
+    *images, instruction = inputs
+    request = EditRequest(
+        references=_references(images, role), instruction=instruction, tier=tier, aspect_ratio=aspect, seed=seed,
+        steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
+        geometry=geometry, output_format=output_format or format_for_path(output).value,
+    )
+    request.validate()
+    editor = build_editor(_settings(model, base, device, memory_mode), on_status=lambda m: err.print(m))
+    with progress_bars() as on_progress:
+        result = editor.edit(request, on_progress=on_progress)
+    _report(result, result.save(output), as_json)
+
+
+def _slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "scene"
+
+
+@app.command()
+@handles_errors
+def series(
+    references: Annotated[list[str], typer.Argument(help="Reference image(s) shared by every scene.")],
+    prompts: Annotated[Path, typer.Option(help="Text file: one instruction per line (# comments allowed).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the images and contact sheet.")],
+    tier: Annotated[str, typer.Option(help=f"One of {', '.join(TIERS)}.")] = "dev",
+    aspect: Annotated[str, typer.Option(help="match_input_image or W:H.")] = "match_input_image",
+    seed: Annotated[int | None, typer.Option(help="One seed for every scene (random when omitted).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance.")] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA PATH[:WEIGHT]; repeatable.")] = None,
+    strategy: Annotated[str, typer.Option(help="stitch, offset or index.")] = "stitch",
+    role: Annotated[list[str] | None, typer.Option(help="Role per reference, in order.")] = None,
+    model: ModelOpt = None,
+    base: BaseOpt = None,
+    device: DeviceOpt = None,
+    memory_mode: MemoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One reference set x many instructions: a campaign with a contact sheet."""
+    if not prompts.is_file():
+        raise InvalidRequest(f"prompts: file not found: {prompts}", field="prompts")
+    lines = [ln.strip() for ln in prompts.read_text(encoding="utf-8").splitlines()]
+    instructions = [ln for ln in lines if ln and not ln.startswith("#")]
+    request = EditRequest(
+        references=_references(references, role), instruction=instructions[0] if instructions else "x", tier=tier,
+        aspect_ratio=aspect, seed=seed, steps=steps, guidance=guidance,
+        loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
+    )
+    editor = build_editor(_settings(model, base, device, memory_mode), on_status=lambda m: err.print(m))
+    with progress_bars() as on_progress:
+        res = editor.series(request, instructions, on_progress=on_progress)
+    output.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, r in enumerate(res.results):
+        files.append(str(r.save(output / f"{i + 1:02d}-{_slug(r.recipe['instruction'])}.png")))
+    sheet = output / "contact_sheet.png"
+    res.contact_sheet.save(sheet)
+    summary = {"images": files, "contact_sheet": str(sheet), "seed": res.results[0].seed,
+               "timings": res.timings, "scenes": [r.summary() for r in res.results]}
+    (output / "series.json").write_text(json.dumps(summary, indent=2, default=str))
+    if as_json:
+        print_json(summary)
+        return
+    for f in files:
+        out.print(f"[green]saved[/] {f}")
+    out.print(f"[green]contact sheet[/] {sheet}  ({len(files)} scenes, seed {summary['seed']}, "
+              f"{res.timings['total']:.2f} s)")
+
+
+@app.command()
+@handles_errors
+def replay(
+    image: Annotated[Path, typer.Argument(help="An image made by kontext (its recipe is inside).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the re-run.")] = None,
+    ref: Annotated[list[str] | None, typer.Option(help="Reference to use instead of the recorded path, "
+                                                  "in order; repeatable.")] = None,
+    model: ModelOpt = None,
+    base: BaseOpt = None,
+    device: DeviceOpt = None,
+    memory_mode: MemoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run the recipe embedded in IMAGE and say whether the pixels are identical."""
+    import numpy as np
+    from PIL import Image
+
+    recipe = read_recipe(image)
+    settings = _settings(model or recipe.get("model", {}).get("source"), base, device, memory_mode)
+    editor = build_editor(settings, on_status=lambda m: err.print(m))
+    with progress_bars() as on_progress:
+        result, _ = editor.replay(image, references=ref, on_progress=on_progress)
+    target = output or image.with_name(f"{image.stem}.replay{image.suffix}")
+    result.save(target)
+    with Image.open(image) as a, Image.open(target) as b:
+        identical = a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+    if as_json:
+        print_json({"output": str(target), "identical": identical, **result.summary()})
+        return
+    _report(result, target, False)
+    if identical:
+        out.print("[green]identical[/] pixels to the original")
+    else:
+        out.print("[yellow]differs[/] from the original (another device, library version or model?)")
+
+
+@app.command()
+@handles_errors
+def models(model: ModelOpt = None, base: BaseOpt = None, as_json: JsonOpt = False) -> None:
+    """Tiers, credit prices, and where the weights were found (or how to get them)."""
+    from kontext_studio.core.weights import locate
+
+    settings = _settings(model, base, None, None)
+    status = locate(model_source(settings), settings.hf_token, download=False)
+    rows = []
+    for t in TIERS.values():
+        if t.local:
+            state = "ready" if status.found else "weights missing"
+        else:
+            state = "not configured: needs " + ", ".join(t.requires)
+        rows.append({"tier": t.name, "title": t.title, "credits": t.price_credits, "steps": t.steps,
+                     "guidance": t.guidance, "max_references": t.max_references, "backend": t.backend,
+                     "status": state, "description": t.description, "trades": t.trades})
+    if as_json:
+        print_json({"tiers": rows, "weights": status.as_dict()})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Kontext Studio tiers")
+    for col in ("tier", "credits", "steps", "guidance", "refs", "status", "what it is"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tier"], str(r["credits"]), str(r["steps"] or "-"), str(r["guidance"] or "-"),
+                      str(r["max_references"]), escape(r["status"]), escape(r["description"]))
+    out.print(table)
+    for r in rows:
+        out.print(f"[bold]{r['tier']}[/]: {escape(r['trades'])}", highlight=False)
+    if status.found:
+        kind = " [yellow](random test weights)[/]" if status.random_weights else ""
+        out.print(f"weights: [green]found[/] {status.path}{kind}")
+    else:
+        out.print(f"weights: [red]missing[/]. {status.message}", soft_wrap=True)
+
+
+@app.command()
+@handles_errors
+def doctor(model: ModelOpt = None, base: BaseOpt = None, device: DeviceOpt = None, as_json: JsonOpt = False) -> None:
+    """Check torch, the device, VRAM, the memory mode that would be picked, and the weights."""
+    from kontext_studio.cli.doctor import diagnose
+
+    report = diagnose(_settings(model, base, device, None))
+    if as_json:
+        print_json(report)
+        return
+    for key, value in report.items():
+        out.print(f"[bold]{key}[/]: {value}", soft_wrap=True, highlight=False)
+
+
+@app.command("build-tiny-model")
+@handles_errors
+def build_tiny_model_cmd(
+    output: Annotated[Path, typer.Argument(help="Folder to write the tiny model to.")],
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the tiny TEST model: real Kontext classes, RANDOM weights. For tests and dry runs only."""
+    from kontext_studio.testing.tiny_model import build_tiny_model
+
+    path = build_tiny_model(output, seed=seed)
+    if as_json:
+        print_json({"path": str(path), "random_weights": True})
+        return
+    out.print(f"[green]built[/] {path}  [yellow](random weights: for tests and dry runs only, its images are noise)[/]")
+    out.print(f'try: kontext edit photo.jpg "make it snowy" -o out.png --model {path}')
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

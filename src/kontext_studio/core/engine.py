@@ -1,0 +1,303 @@
+"""The engine: ``Editor.edit(EditRequest) -> EditResult``, plus series and replay.
+
+The engine decides everything (tier defaults, seed, working sizes, reference layout) and records it in
+the recipe; a backend only executes the plan. Every adjustment becomes a warning in words.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from kontext_studio.core.backends.base import CancelFn, EditBackend, GenerationPlan, PreparedReference
+from kontext_studio.core.contact_sheet import contact_sheet
+from kontext_studio.core.errors import InvalidRequest, RecipeError, TierNotConfigured
+from kontext_studio.core.images import LoadedImage, load_reference, sha256_image
+from kontext_studio.core.multiref import Placement, placements, stitch
+from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
+from kontext_studio.core.registry import TierSpec, get_tier
+from kontext_studio.core.resolution import plan_output, reference_size
+from kontext_studio.core.types import EditRequest, EditResult, LoraSpec, Reference, Strategy
+
+logger = logging.getLogger("kontext_studio.engine")
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+SEED_RANGE = 2**32
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that affect pixels, for the recipe."""
+    out = {"python": platform.python_version()}
+    for name in ("kontext-studio", "torch", "diffusers", "transformers", "peft", "pillow"):
+        try:
+            out[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _fmt(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+@dataclass
+class SeriesResult:
+    """A campaign: one reference set, many instructions."""
+
+    results: list[EditResult]
+    contact_sheet: Image.Image
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Editor:
+    """Runs edits on the backend each tier names.
+
+    Args:
+        backends: backend name (``diffusers``, ``bfl_api``, ``fake``) → instance. A tier whose backend
+            is absent raises TierNotConfigured with what is missing.
+        backend_factories: lazily built backends (so ``kontext models`` never loads a model).
+    """
+
+    def __init__(self, backends: dict[str, EditBackend] | None = None,
+                 backend_factories: dict[str, Callable[[], EditBackend]] | None = None):
+        self._backends: dict[str, EditBackend] = dict(backends or {})
+        self._factories = dict(backend_factories or {})
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def backend_for(self, tier: TierSpec) -> EditBackend:
+        """The backend that runs ``tier``.
+
+        Raises:
+            TierNotConfigured: naming what the tier needs.
+        """
+        if tier.backend not in self._backends and tier.backend in self._factories:
+            self._backends[tier.backend] = self._factories.pop(tier.backend)()
+        if tier.backend in self._backends:
+            return self._backends[tier.backend]
+        if "fake" in self._backends:
+            return self._backends["fake"]
+        needs = ", ".join(tier.requires) or f"the {tier.backend} backend"
+        raise TierNotConfigured(
+            f"tier {tier.name!r} ({tier.title}) is not configured on this installation: it needs {needs}. "
+            "Use --tier dev or --tier fast to run locally."
+        )
+
+    def _load_references(self, refs: list[Reference]) -> list[LoadedImage]:
+        return [load_reference(r, i) for i, r in enumerate(refs)]
+
+    def _prepare(self, loaded: list[LoadedImage], refs: list[Reference], strategy: Strategy,
+                 resolution: int) -> tuple[list[PreparedReference], list[str]]:
+        warnings: list[str] = []
+        if len(loaded) == 1 or strategy is Strategy.STITCH:
+            if len(loaded) == 1:
+                canvas, sha = loaded[0].image, loaded[0].sha256
+                what = f"reference ({_fmt(canvas.size)})"
+            else:
+                canvas = stitch([li.image for li in loaded], row_height=min(resolution, 1024))
+                sha = sha256_image(canvas)
+                roles = ", ".join(str(r.role or f"reference {i + 1}") for i, r in enumerate(refs))
+                what = f"{len(loaded)} references ({roles}) stitched into one {_fmt(canvas.size)} canvas"
+            size = reference_size(canvas.size, resolution)
+            if size != canvas.size:
+                warnings.append(f"{what} resized to {_fmt(size)} for the model")
+            elif len(loaded) > 1:
+                warnings.append(what)
+            return [PreparedReference(canvas, sha, size, Placement(1, 0, 0))], warnings
+        sizes = [reference_size(li.size, resolution) for li in loaded]
+        spots = placements([(w // 16, h // 16) for w, h in sizes], strategy)
+        prepared = []
+        for i, (li, size, spot) in enumerate(zip(loaded, sizes, spots, strict=True)):
+            if size != li.size:
+                warnings.append(f"reference {i + 1} ({_fmt(li.size)}) resized to {_fmt(size)} for the model")
+            prepared.append(PreparedReference(li.image, li.sha256, size, spot))
+        return prepared, warnings
+
+    # -- public API ---------------------------------------------------------------------------
+    def edit(self, request: EditRequest, on_progress: ProgressFn | None = None,
+             cancel: CancelFn | None = None, _loaded: list[LoadedImage] | None = None) -> EditResult:
+        """Run one edit.
+
+        Args:
+            request: what to do.
+            on_progress: called with (phase, done, total); phases ``load``, ``denoise``, ``done``.
+            cancel: polled between denoising steps; returning True stops the edit.
+
+        Returns:
+            The EditResult (image at the promised size, seed, recipe, timings, warnings).
+
+        Raises:
+            InvalidRequest: bad fields or images (the message names the field and the fix).
+            TierNotConfigured: the tier's backend is not set up.
+            WeightsNotFound: local weights are missing.
+            Canceled: ``cancel()`` returned True.
+        """
+        t_start = time.perf_counter()
+        request.validate()
+        tier = get_tier(request.tier)
+        if len(request.references) > tier.max_references:
+            raise InvalidRequest(
+                f"references: tier {tier.name} takes at most {tier.max_references} reference image(s), got "
+                f"{len(request.references)}; use --tier max or dev for several references",
+                field="references",
+            )
+        backend = self.backend_for(tier)
+        t = time.perf_counter()
+        loaded = _loaded or self._load_references(request.references)
+        t_images = time.perf_counter() - t
+
+        if on_progress:
+            on_progress("load", 0, 1)
+        t = time.perf_counter()
+        resolution = backend.resolution
+        model = backend.model_info()
+        t_load = time.perf_counter() - t
+        if on_progress:
+            on_progress("load", 1, 1)
+
+        geometry = plan_output(loaded[0].size, request.aspect_ratio, request.geometry, resolution)
+        prepared, ref_warnings = self._prepare(loaded, request.references, request.strategy, resolution)
+        seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
+        steps = int(request.steps or tier.steps or 28)
+        guidance = float(request.guidance if request.guidance is not None else (tier.guidance or 2.5))
+        plan = GenerationPlan(
+            instruction=request.instruction.strip(),
+            references=prepared,
+            strategy=request.strategy,
+            model_size=geometry.model_size,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            loras=list(request.loras),
+            step_cache=tier.step_cache,
+            step_cache_threshold=tier.step_cache_threshold,
+        )
+        step_cb = (lambda done, total: on_progress("denoise", done, total)) if on_progress else None
+        out = backend.generate(plan, on_step=step_cb, cancel=cancel)
+
+        t = time.perf_counter()
+        image = out.image
+        if image.size != geometry.output_size:
+            image = image.resize(geometry.output_size, Image.Resampling.LANCZOS)
+        t_post = time.perf_counter() - t
+
+        warnings = [w for li in loaded for w in li.warnings] + ref_warnings + list(geometry.warnings) + out.warnings
+        for w in warnings:
+            logger.warning(w)
+        timings = {"images": t_images, "load": t_load, **out.timings, "postprocess": t_post}
+        timings["total"] = time.perf_counter() - t_start
+        recipe = {
+            "schema": RECIPE_SCHEMA,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "instruction": plan.instruction,
+            "tier": tier.name,
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "strategy": request.strategy.value,
+            "geometry": request.geometry.value,
+            "aspect_ratio": request.aspect_ratio,
+            "output_format": request.output_format.value,
+            "step_cache": tier.step_cache,
+            "references": [
+                {"path": str(Path(r.image).resolve()) if isinstance(r.image, str | Path) else None,
+                 "sha256": li.sha256, "role": r.role.value if r.role else None, "size": list(li.size)}
+                for r, li in zip(request.references, loaded, strict=True)
+            ],
+            "loras": out.info.get("loras", [{"path": lo.path, "weight": lo.weight} for lo in request.loras]),
+            "model": model,
+            "model_size": list(geometry.model_size),
+            "output_size": list(image.size),
+            "versions": library_versions(),
+            "digital_source_type": IPTC_SOURCE_TYPE,
+        }
+        if on_progress:
+            on_progress("done", 1, 1)
+        return EditResult(image=image, seed=seed, recipe=recipe, timings=timings, warnings=warnings,
+                          output_format=request.output_format)
+
+    def series(self, request: EditRequest, instructions: list[str], on_progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None) -> SeriesResult:
+        """One reference set x N instructions (a campaign).
+
+        References are decoded once and, through the backend's content-keyed caches, VAE-encoded once;
+        repeated instructions reuse their text embeddings. With no seed in ``request`` every scene gets
+        the same drawn seed, so the scenes differ only by their instruction.
+
+        Returns:
+            The results in order and a labelled contact sheet.
+        """
+        texts = [s.strip() for s in instructions if s.strip()]
+        if not texts:
+            raise InvalidRequest("prompts: the prompts file has no instructions (one per line)", field="prompts")
+        request.replace(instruction=texts[0]).validate()
+        t0 = time.perf_counter()
+        loaded = self._load_references(request.references)
+        seed = request.seed if request.seed is not None else secrets.randbelow(SEED_RANGE)
+        results = []
+        for i, text in enumerate(texts):
+            def scene_progress(phase: str, done: int, total: int, i: int = i) -> None:
+                if on_progress:
+                    on_progress(f"scene {i + 1}/{len(texts)} {phase}", done, total)
+
+            results.append(self.edit(request.replace(instruction=text, seed=seed), scene_progress, cancel,
+                                     _loaded=loaded))
+        labels = [f"{i + 1}. {r.recipe['instruction']} (seed {r.seed})" for i, r in enumerate(results)]
+        sheet = contact_sheet([r.image for r in results], labels)
+        return SeriesResult(results, sheet, {"total": time.perf_counter() - t0})
+
+    def replay(self, path: str | Path, references: list[str] | None = None,
+               on_progress: ProgressFn | None = None) -> tuple[EditResult, dict[str, Any]]:
+        """Re-run the recipe embedded in an output image.
+
+        Args:
+            path: an image written by ``EditResult.save``.
+            references: paths to use instead of the recorded ones (same order); each must hash to the
+                recorded pixels.
+
+        Returns:
+            The new result and the original recipe.
+
+        Raises:
+            RecipeError: no recipe, or a reference missing or changed since the edit.
+        """
+        recipe = read_recipe(path)
+        recorded = recipe.get("references") or []
+        if references and len(references) != len(recorded):
+            raise RecipeError(f"the recipe has {len(recorded)} reference(s); got {len(references)} with --ref")
+        refs = []
+        for i, entry in enumerate(recorded):
+            where = references[i] if references else entry.get("path")
+            if not where or not Path(where).is_file():
+                raise RecipeError(
+                    f"reference {i + 1} of the recipe is not at {where!r}; pass it with --ref (in order)"
+                )
+            ref = Reference(where, entry.get("role"))
+            if load_reference(ref, i).sha256 != entry.get("sha256"):
+                raise RecipeError(
+                    f"reference {i + 1} at {where} is not the image the edit used (its pixels hash differently)"
+                )
+            refs.append(ref)
+        request = EditRequest(
+            references=refs,
+            instruction=recipe["instruction"],
+            tier=recipe["tier"],
+            aspect_ratio=recipe.get("aspect_ratio", "match_input_image"),
+            seed=recipe["seed"],
+            steps=recipe.get("steps"),
+            guidance=recipe.get("guidance"),
+            output_format=recipe.get("output_format", "png"),
+            loras=[LoraSpec(lo["path"], lo.get("weight", 1.0)) for lo in recipe.get("loras", [])],
+            strategy=recipe.get("strategy", "stitch"),
+            geometry=recipe.get("geometry", "lock"),
+        )
+        return self.edit(request, on_progress), recipe

@@ -1,0 +1,122 @@
+"""Reading reference images at the boundary: size limits before decoding, EXIF orientation, RGB.
+
+Everything that can be wrong with an input file is caught here and reported with the file's name and
+the fix, so neither the engine nor a face ever sees a traceback from Pillow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kontext_studio.core.errors import InvalidImage
+from kontext_studio.core.types import Reference
+
+MAX_SIDE = 12_000
+MAX_PIXELS = 64_000_000
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A reference ready for the engine: RGB, upright, hashed."""
+
+    image: Image.Image
+    sha256: str
+    source: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def sha256_image(image: Image.Image) -> str:
+    """Hash of the decoded pixels (mode + size + bytes): stable across file formats and metadata."""
+    h = hashlib.sha256()
+    h.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _open(ref: Reference, label: str) -> Image.Image:
+    data = ref.image
+    if isinstance(data, Image.Image):
+        return data
+    if isinstance(data, bytes):
+        if not data:
+            raise InvalidImage(f"{label}: the image data is empty (0 bytes)", field="references")
+        stream: io.BytesIO | Path = io.BytesIO(data)
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise InvalidImage(f"{label}: file not found: {path}", field="references")
+        if path.is_dir():
+            raise InvalidImage(f"{label}: {path} is a folder, not an image file", field="references")
+        if path.stat().st_size == 0:
+            raise InvalidImage(f"{label}: {path} is empty (0 bytes); re-export or re-download it",
+                               field="references")
+        stream = path
+    try:
+        img = Image.open(stream)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidImage(
+            f"{label}: not a readable image ({exc.__class__.__name__}); use PNG, JPEG or WebP",
+            field="references",
+        ) from None
+    except Image.DecompressionBombError:
+        raise InvalidImage(
+            f"{label}: the image is too large to open safely; downscale it to at most {MAX_SIDE} px per side",
+            field="references",
+        ) from None
+    return img
+
+
+def load_reference(ref: Reference, index: int = 0) -> LoadedImage:
+    """Open, check and normalise one reference image.
+
+    Args:
+        ref: the reference (path, bytes or PIL image).
+        index: its position, for messages ("reference 2: ...").
+
+    Returns:
+        The upright RGB image, its pixel hash and any adjustments in words.
+
+    Raises:
+        InvalidImage: empty, unreadable, too large or too small inputs.
+    """
+    label = f"reference {index + 1} ({ref.label})"
+    img = _open(ref, label)
+    w, h = img.size  # from the header: checked before any pixels are decoded
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise InvalidImage(
+            f"{label}: {w}x{h} is too large (limit {MAX_SIDE} px per side and {MAX_PIXELS // 1_000_000} MP); "
+            "downscale it first, the model works at about 1 MP anyway",
+            field="references",
+        )
+    if min(w, h) < MIN_SIDE:
+        raise InvalidImage(f"{label}: {w}x{h} is too small (at least {MIN_SIDE} px per side)",
+                           field="references")
+    warnings: list[str] = []
+    try:
+        upright = ImageOps.exif_transpose(img)
+        if upright is not img and upright.size != img.size:
+            warnings.append(f"{label}: rotated upright from its EXIF orientation")
+        img = upright
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(base, rgba).convert("RGB")
+            warnings.append(f"{label}: transparent areas were filled with white")
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        else:
+            img.load()
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"{label}: the file is damaged and could not be decoded ({exc})",
+                           field="references") from None
+    return LoadedImage(image=img, sha256=sha256_image(img), source=ref.label, warnings=tuple(warnings))

@@ -1,0 +1,210 @@
+"""The shared vocabulary: what an edit asks for (EditRequest) and what it returns (EditResult).
+
+The CLI flags, the HTTP body and the training validation set all convert into these objects, so
+validation lives here once. Images are normalised later, in ``images.py``; this module stays free of
+torch so that importing it is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from kontext_studio.core.errors import InvalidRequest
+
+MAX_REFERENCES = 4
+MAX_INSTRUCTION_CHARS = 2000
+MAX_STEPS = 100
+MAX_SEED = 2**63 - 1
+
+
+class Role(StrEnum):
+    """What a reference image contributes; used to label stitched canvases and Max prompts."""
+
+    SUBJECT = "subject"
+    GARMENT = "garment"
+    STYLE = "style"
+    BACKGROUND = "background"
+    OBJECT = "object"
+
+
+class Strategy(StrEnum):
+    """How several references reach the model (with one reference all three are the same)."""
+
+    STITCH = "stitch"  # pixels side by side in one canvas, encoded once (default: most robust)
+    OFFSET = "offset"  # each encoded alone, tiled on the position grid by its own width/height
+    INDEX = "index"  # each encoded alone with its own position index (1, 2, 3, ...)
+
+
+class GeometryMode(StrEnum):
+    """What size the output has."""
+
+    LOCK = "lock"  # exactly the input's W x H (or exactly the requested ratio), never cropped
+    NATIVE = "native"  # the model's snapped working size, as stock diffusers returns it
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
+def _enum(cls: type[StrEnum], value: Any, name: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        raise InvalidRequest(f"{name} must be one of {choices}; got {value!r}", field=name) from None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference image and the part it plays.
+
+    ``image`` may be a path, raw bytes or a PIL image; ``images.load_reference`` normalises it.
+    """
+
+    image: str | Path | bytes | Image.Image
+    role: Role | None = None
+
+    def __post_init__(self) -> None:
+        if self.role is not None:
+            object.__setattr__(self, "role", _enum(Role, self.role, "role"))
+
+    @property
+    def label(self) -> str:
+        if isinstance(self.image, str | Path):
+            return str(self.image)
+        return f"<{type(self.image).__name__}>"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA adapter file and the weight to apply it with."""
+
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """Parse ``PATH`` or ``PATH:WEIGHT`` (the CLI form)."""
+        path, sep, weight = text.rpartition(":")
+        if sep and path and not weight.startswith(("/", "\\")):
+            try:
+                return cls(path=path, weight=float(weight))
+            except ValueError:
+                pass
+        return cls(path=text)
+
+
+@dataclass
+class EditRequest:
+    """Everything an edit asks for. ``None`` for steps/guidance means the tier's default."""
+
+    references: list[Reference]
+    instruction: str
+    tier: str = "dev"
+    aspect_ratio: str = "match_input_image"
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    output_format: OutputFormat = OutputFormat.PNG
+    loras: list[LoraSpec] = field(default_factory=list)
+    strategy: Strategy = Strategy.STITCH
+    geometry: GeometryMode = GeometryMode.LOCK
+
+    def __post_init__(self) -> None:
+        self.output_format = _enum(OutputFormat, self.output_format, "output_format")
+        self.strategy = _enum(Strategy, self.strategy, "strategy")
+        self.geometry = _enum(GeometryMode, self.geometry, "geometry")
+        self.tier = str(self.tier).lower()
+        self.references = [r if isinstance(r, Reference) else Reference(r) for r in self.references]
+        self.loras = [lo if isinstance(lo, LoraSpec) else LoraSpec.parse(str(lo)) for lo in self.loras]
+
+    def validate(self) -> None:
+        """Check the fields that need no image decoding or model.
+
+        Raises:
+            InvalidRequest: naming the field, the value and the fix.
+        """
+        n = len(self.references)
+        if n == 0:
+            raise InvalidRequest("references: give at least one reference image", field="references")
+        if n > MAX_REFERENCES:
+            raise InvalidRequest(
+                f"references: at most {MAX_REFERENCES} reference images are supported, got {n}; "
+                "combine some into one picture or drop the least important",
+                field="references",
+            )
+        text = self.instruction.strip() if isinstance(self.instruction, str) else ""
+        if not text:
+            raise InvalidRequest(
+                "instruction: describe the change, e.g. \"put her on a beach at sunset\"; got an empty text",
+                field="instruction",
+            )
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            raise InvalidRequest(
+                f"instruction: at most {MAX_INSTRUCTION_CHARS} characters, got {len(text)}",
+                field="instruction",
+            )
+        if self.seed is not None and not (0 <= int(self.seed) <= MAX_SEED):
+            raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}, got {self.seed}", field="seed")
+        if self.steps is not None and not (1 <= int(self.steps) <= MAX_STEPS):
+            raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}", field="steps")
+        if self.guidance is not None and not (0.0 <= float(self.guidance) <= 20.0):
+            raise InvalidRequest(
+                f"guidance must be between 0 and 20 (Kontext default 2.5), got {self.guidance}",
+                field="guidance",
+            )
+        for lo in self.loras:
+            if not -4.0 <= lo.weight <= 4.0:
+                raise InvalidRequest(
+                    f"loras: weight for {lo.path} must be between -4 and 4, got {lo.weight}", field="loras"
+                )
+
+    def replace(self, **changes: Any) -> EditRequest:
+        """A copy with some fields changed (e.g. another seed or instruction)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class EditResult:
+    """One finished edit.
+
+    Attributes:
+        image: the output, at the size the geometry mode promises.
+        seed: the seed actually used (drawn at random when the request had none).
+        recipe: everything needed to reproduce the edit (see ``recipe.py``).
+        timings: seconds per phase (prompt, reference encode, denoise, decode, postprocess, total).
+        warnings: every adjustment the engine made, in words.
+    """
+
+    image: Image.Image
+    seed: int
+    recipe: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str]
+    output_format: OutputFormat = OutputFormat.PNG
+
+    def save(self, path: str | Path) -> Path:
+        """Write the image with its recipe and AI-provenance marks embedded; returns the path."""
+        from kontext_studio.core.recipe import save_image_with_recipe
+
+        return save_image_with_recipe(self.image, path, self.recipe, self.output_format)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (no pixels), for ``--json`` and the API."""
+        return {
+            "seed": self.seed,
+            "size": list(self.image.size),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+            "recipe": self.recipe,
+        }

@@ -1,0 +1,53 @@
+"""The one place that reads the environment. Everything else takes configuration through constructors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Installation-wide configuration.
+
+    Attributes:
+        model: hub repo id, diffusers folder or single-file checkpoint (``KONTEXT_MODEL``).
+        base_model: for a single-file checkpoint, where the other parts come from (``KONTEXT_BASE_MODEL``).
+        hf_token: token for the gated FLUX.1 Kontext [dev] repo (``HF_TOKEN``).
+        home: data folder for caches and outputs (``KONTEXT_HOME``, default ``~/.kontext``).
+        device, dtype, memory_mode: ``auto`` unless set (``KONTEXT_DEVICE``, ``KONTEXT_DTYPE``,
+            ``KONTEXT_MEMORY_MODE``).
+        allow_download: whether missing hub weights may be downloaded (``KONTEXT_ALLOW_DOWNLOAD``; on by
+            default, off when ``HF_HUB_OFFLINE`` is set).
+        bfl_api_key: key for the hosted Pro/Max tiers (``BFL_API_KEY``).
+    """
+
+    model: str | None = None
+    base_model: str | None = None
+    hf_token: str | None = None
+    home: Path = Path.home() / ".kontext"  # noqa: RUF009 - computed once, at import
+    device: str = "auto"
+    dtype: str = "auto"
+    memory_mode: str = "auto"
+    allow_download: bool = True
+    bfl_api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        offline = e.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+        return cls(
+            model=e.get("KONTEXT_MODEL") or None,
+            base_model=e.get("KONTEXT_BASE_MODEL") or None,
+            hf_token=e.get("HF_TOKEN") or e.get("HUGGING_FACE_HUB_TOKEN") or None,
+            home=Path(e.get("KONTEXT_HOME", "~/.kontext")).expanduser(),
+            device=e.get("KONTEXT_DEVICE", "auto"),
+            dtype=e.get("KONTEXT_DTYPE", "auto"),
+            memory_mode=e.get("KONTEXT_MEMORY_MODE", "auto"),
+            allow_download=not offline and e.get("KONTEXT_ALLOW_DOWNLOAD", "1").lower() in _TRUE,
+            bfl_api_key=e.get("BFL_API_KEY") or None,
+        )
