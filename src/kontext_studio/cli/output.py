@@ -19,8 +19,8 @@ from rich.progress import (
 )
 
 # Progress and messages go to stderr so ``--json`` output on stdout stays machine-readable.
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

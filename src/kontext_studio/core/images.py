@@ -19,6 +19,7 @@ from kontext_studio.core.types import Reference
 MAX_SIDE = 12_000
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 16
+MAX_FILE_BYTES = 200 * 2**20
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,21 @@ def _open(ref: Reference, label: str) -> Image.Image:
     data = ref.image
     if isinstance(data, Image.Image):
         return data
-    if isinstance(data, bytes):
-        if not data:
-            raise InvalidImage(f"{label}: the image data is empty (0 bytes)", field="references")
-        stream: io.BytesIO | Path = io.BytesIO(data)
-    else:
+    if not isinstance(data, bytes):
         path = Path(data).expanduser()
         if not path.exists():
-            raise InvalidImage(f"{label}: file not found: {path}", field="references")
+            raise InvalidImage(f"{label}: file not found", field="references")
         if path.is_dir():
-            raise InvalidImage(f"{label}: {path} is a folder, not an image file", field="references")
-        if path.stat().st_size == 0:
-            raise InvalidImage(f"{label}: {path} is empty (0 bytes); re-export or re-download it",
+            raise InvalidImage(f"{label}: this is a folder, not an image file", field="references")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidImage(f"{label}: the file is over {MAX_FILE_BYTES // 2**20} MB; export a smaller copy",
                                field="references")
-        stream = path
+        # Read into memory: Pillow then holds no file handle, whatever fails later.
+        data = path.read_bytes()
+    if not data:
+        raise InvalidImage(f"{label}: the file is empty (0 bytes); re-export or re-download it", field="references")
     try:
-        img = Image.open(stream)
+        return Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidImage(
             f"{label}: not a readable image ({exc.__class__.__name__}); use PNG, JPEG or WebP",
@@ -73,7 +73,6 @@ def _open(ref: Reference, label: str) -> Image.Image:
             f"{label}: the image is too large to open safely; downscale it to at most {MAX_SIDE} px per side",
             field="references",
         ) from None
-    return img
 
 
 def load_reference(ref: Reference, index: int = 0) -> LoadedImage:

@@ -2,8 +2,8 @@
 
 FLUX.1 Kontext [dev] was trained with one reference. Three approximations are offered:
 
-* ``stitch`` (default): the pictures are pasted side by side (rows when that keeps the canvas closer
-  to square) into one image, which is then treated exactly like a single reference. Most robust, and
+* ``stitch`` (default): the pictures are pasted side by side into one image (in one row while that
+  stays within the model's 7:3 aspect range, otherwise in the row layout closest to square), which is then treated exactly like a single reference. Most robust, and
   the token count stays that of one image.
 * ``offset``: each picture is encoded on its own at its preferred size; all use position index 1 and
   are tiled left to right on the row/column grid, each shifted by the widths before it (mixed sizes
@@ -24,6 +24,7 @@ from PIL import Image
 from kontext_studio.core.types import Strategy
 
 STITCH_BACKGROUND = (255, 255, 255)
+MAX_ROW_ASPECT = 7 / 3  # the widest preferred size; a wider canvas would be squeezed
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def _rows(widths: list[int], columns: int) -> list[list[int]]:
 
 
 def stitch(images: list[Image.Image], row_height: int = 1024) -> Image.Image:
-    """Paste images into one canvas: equal height per row, the layout closest to a square.
+    """Paste images into one canvas at equal height: one row when it is at most 7:3, else the rows
+    layout closest to a square.
 
     Args:
         images: the references, in order (the first is placed top-left).
@@ -73,6 +75,9 @@ def stitch(images: list[Image.Image], row_height: int = 1024) -> Image.Image:
     scaled = [im.resize((max(1, round(im.width * row_height / im.height)), row_height), Image.Resampling.LANCZOS)
               for im in images]  # fmt: skip
     widths = [im.width for im in scaled]
+    if sum(widths) <= MAX_ROW_ASPECT * row_height:  # one row fits the model's aspect range: no empty space
+        rows = [list(range(len(scaled)))]
+        return _paste(scaled, rows, sum(widths), row_height)
     best = None
     for columns in range(1, len(scaled) + 1):
         rows = _rows(widths, columns)
@@ -82,8 +87,13 @@ def stitch(images: list[Image.Image], row_height: int = 1024) -> Image.Image:
         if best is None or score < best[0] - 1e-9:
             best = (score, rows, canvas_w, canvas_h)
     assert best is not None
-    _, rows, canvas_w, canvas_h = best
-    canvas = Image.new("RGB", (canvas_w, canvas_h), STITCH_BACKGROUND)
+    _, rows, canvas_w, _canvas_h = best
+    return _paste(scaled, rows, canvas_w, row_height)
+
+
+def _paste(scaled: list[Image.Image], rows: list[list[int]], canvas_w: int, row_height: int) -> Image.Image:
+    widths = [im.width for im in scaled]
+    canvas = Image.new("RGB", (canvas_w, row_height * len(rows)), STITCH_BACKGROUND)
     for r, row in enumerate(rows):
         row_w = sum(widths[i] for i in row)
         x = (canvas_w - row_w) // 2
