@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from kontext_studio.core.backends.base import EditBackend
 from kontext_studio.core.engine import Editor
@@ -40,7 +41,7 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
     return Editor(backend_factories={"diffusers": diffusers_backend})
 
 
-def with_overrides(settings: Settings, **changes: object) -> Settings:
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
     """Settings with the non-None CLI overrides applied."""
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 

@@ -83,7 +83,7 @@ def test_series_writes_images_and_a_contact_sheet(model_env: Path, photo: Path, 
     prompts = tmp_path / "scenes.txt"
     prompts.write_text("# campaign\non a beach at sunset\nin a snowy forest\n\nin a neon city at night\n")
     out = tmp_path / "campaign"
-    code, stdout, stderr = kontext("series", photo, "--prompts", prompts, "-o", out, "--steps", "1", "--seed", "5")
+    code, _, stderr = kontext("series", photo, "--prompts", prompts, "-o", out, "--steps", "1", "--seed", "5")
     assert code == 0, stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["01-on-a-beach-at-sunset.png", "02-in-a-snowy-forest.png", "03-in-a-neon-city-at-night.png",

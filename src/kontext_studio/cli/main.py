@@ -224,7 +224,7 @@ def models(model: ModelOpt = None, base: BaseOpt = None, as_json: JsonOpt = Fals
 
     settings = _settings(model, base, None, None)
     status = locate(model_source(settings), settings.hf_token, download=False)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in TIERS.values():
         if t.local:
             state = "ready" if status.found else "weights missing"

@@ -27,7 +27,15 @@ from kontext_studio.core.multiref import Placement, placements, stitch
 from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
 from kontext_studio.core.registry import TierSpec, get_tier
 from kontext_studio.core.resolution import plan_output, reference_size
-from kontext_studio.core.types import EditRequest, EditResult, LoraSpec, Reference, Strategy
+from kontext_studio.core.types import (
+    EditRequest,
+    EditResult,
+    GeometryMode,
+    LoraSpec,
+    OutputFormat,
+    Reference,
+    Strategy,
+)
 
 logger = logging.getLogger("kontext_studio.engine")
 
@@ -164,15 +172,17 @@ class Editor:
         if on_progress:
             on_progress("load", 1, 1)
 
-        geometry = plan_output(loaded[0].size, request.aspect_ratio, request.geometry, resolution)
-        prepared, ref_warnings = self._prepare(loaded, request.references, request.strategy, resolution)
+        # __post_init__ already normalised these; the constructors only narrow the types.
+        strategy, fmt = Strategy(request.strategy), OutputFormat(request.output_format)
+        geometry = plan_output(loaded[0].size, request.aspect_ratio, GeometryMode(request.geometry), resolution)
+        prepared, ref_warnings = self._prepare(loaded, request.references, strategy, resolution)
         seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
         steps = int(request.steps or tier.steps or 28)
         guidance = float(request.guidance if request.guidance is not None else (tier.guidance or 2.5))
         plan = GenerationPlan(
             instruction=request.instruction.strip(),
             references=prepared,
-            strategy=request.strategy,
+            strategy=strategy,
             model_size=geometry.model_size,
             steps=steps,
             guidance=guidance,
@@ -203,14 +213,14 @@ class Editor:
             "seed": seed,
             "steps": steps,
             "guidance": guidance,
-            "strategy": request.strategy.value,
-            "geometry": request.geometry.value,
+            "strategy": strategy.value,
+            "geometry": GeometryMode(request.geometry).value,
             "aspect_ratio": request.aspect_ratio,
-            "output_format": request.output_format.value,
+            "output_format": fmt.value,
             "step_cache": tier.step_cache,
             "references": [
                 {"path": str(Path(r.image).resolve()) if isinstance(r.image, str | Path) else None,
-                 "sha256": li.sha256, "role": r.role.value if r.role else None, "size": list(li.size)}
+                 "sha256": li.sha256, "role": str(r.role) if r.role else None, "size": list(li.size)}
                 for r, li in zip(request.references, loaded, strict=True)
             ],
             "loras": out.info.get("loras", [{"path": lo.path, "weight": lo.weight} for lo in request.loras]),
@@ -223,7 +233,7 @@ class Editor:
         if on_progress:
             on_progress("done", 1, 1)
         return EditResult(image=image, seed=seed, recipe=recipe, timings=timings, warnings=warnings,
-                          output_format=request.output_format)
+                          output_format=fmt)
 
     def series(self, request: EditRequest, instructions: list[str], on_progress: ProgressFn | None = None,
                cancel: CancelFn | None = None) -> SeriesResult:

@@ -60,7 +60,7 @@ def _enum(cls: type[StrEnum], value: Any, name: str) -> Any:
     try:
         return cls(str(value).lower())
     except ValueError:
-        choices = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        choices = ", ".join(m.value for m in cls)
         raise InvalidRequest(f"{name} must be one of {choices}; got {value!r}", field=name) from None
 
 
@@ -72,7 +72,7 @@ class Reference:
     """
 
     image: str | Path | bytes | Image.Image
-    role: Role | None = None
+    role: Role | str | None = None
 
     def __post_init__(self) -> None:
         if self.role is not None:
@@ -115,10 +115,10 @@ class EditRequest:
     seed: int | None = None
     steps: int | None = None
     guidance: float | None = None
-    output_format: OutputFormat = OutputFormat.PNG
+    output_format: OutputFormat | str = OutputFormat.PNG
     loras: list[LoraSpec] = field(default_factory=list)
-    strategy: Strategy = Strategy.STITCH
-    geometry: GeometryMode = GeometryMode.LOCK
+    strategy: Strategy | str = Strategy.STITCH
+    geometry: GeometryMode | str = GeometryMode.LOCK
 
     def __post_init__(self) -> None:
         self.output_format = _enum(OutputFormat, self.output_format, "output_format")

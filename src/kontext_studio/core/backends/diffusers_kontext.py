@@ -67,7 +67,7 @@ class KontextEditPipeline(FluxKontextPipeline):
         finally:
             self._reference_tokens = None
 
-    def prepare_latents(self, image, batch_size, num_channels_latents, height, width, dtype, device,  # type: ignore[no-untyped-def,override]
+    def prepare_latents(self, image, batch_size, num_channels_latents, height, width, dtype, device,
                         generator=None, latents=None):
         latents, image_latents, latent_ids, image_ids = super().prepare_latents(
             image, batch_size, num_channels_latents, height, width, dtype, device, generator, latents
@@ -176,17 +176,25 @@ class LoraSlots:
                 self.enabled = False
             return []
         names, weights, entries = [], [], []
-        for spec in specs:
-            info, state = self._describe(spec.path)
-            name = f"lora_{info.sha256[:16]}"
-            if name in self.loaded:
-                self.loaded.move_to_end(name)
-            else:
-                self._load(name, info, state)
-            names.append(name)
-            weights.append(spec.weight)
-            entries.append({"path": info.path, "sha256": info.sha256, "weight": spec.weight,
-                            "format": info.format.value, "rank": info.rank, "alpha": info.alpha})
+        try:
+            for spec in specs:
+                info, state = self._describe(spec.path)
+                name = f"lora_{info.sha256[:16]}"
+                if name in self.loaded:
+                    self.loaded.move_to_end(name)
+                else:
+                    self._load(name, info, state)
+                names.append(name)
+                weights.append(spec.weight)
+                entries.append({"path": info.path, "sha256": info.sha256, "weight": spec.weight,
+                                "format": info.format.value, "rank": info.rank, "alpha": info.alpha})
+        except Exception:
+            # Loading an adapter switches its layers on: when a later file of the same request fails, the
+            # ones loaded before it would stay active in every following edit. Switch all of them off.
+            if self.loaded:
+                self.pipe.disable_lora()
+            self.enabled = False
+            raise
         self.pipe.set_adapters(names, weights)
         if not self.enabled:
             self.pipe.enable_lora()
@@ -344,7 +352,7 @@ class DiffusersKontextBackend(EditBackend):
             return embeds, pooled
 
         value, _hit = self._prompts.get_or(text, make)
-        return value  # type: ignore[no-any-return]
+        return value
 
     def encode_references(self, refs: list[PreparedReference], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed reference tokens and position ids for all references, cached by content and layout."""
