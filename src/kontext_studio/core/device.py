@@ -71,8 +71,10 @@ def choose_memory_mode(free_bytes: int, total_model_bytes: int, largest_componen
     if total_model_bytes + ACTIVATION_HEADROOM <= free_bytes:
         return MemoryMode.GPU, f"all {gib(total_model_bytes)} fit in {gib(free_bytes)} free"
     if largest_component_bytes + ACTIVATION_HEADROOM <= free_bytes:
-        return MemoryMode.MODEL_OFFLOAD, (f"the {gib(largest_component_bytes)} transformer fits in "
-                                          f"{gib(free_bytes)} free, the whole model ({gib(total_model_bytes)}) does not")
+        return MemoryMode.MODEL_OFFLOAD, (
+            f"the {gib(largest_component_bytes)} transformer fits in {gib(free_bytes)} free, "
+            f"the whole model ({gib(total_model_bytes)}) does not"
+        )
     if 4 * block_bytes + ACTIVATION_HEADROOM <= free_bytes:
         return MemoryMode.GROUP_OFFLOAD, f"only {gib(free_bytes)} free: transformer blocks are streamed in groups"
     return MemoryMode.SEQUENTIAL_OFFLOAD, f"only {gib(free_bytes)} free: layers are streamed one by one (slow)"

@@ -3,8 +3,8 @@
 FLUX.1 Kontext [dev] was trained with one reference. Three approximations are offered:
 
 * ``stitch`` (default): the pictures are pasted side by side into one image (in one row while that
-  stays within the model's 7:3 aspect range, otherwise in the row layout closest to square), which is then treated exactly like a single reference. Most robust, and
-  the token count stays that of one image.
+  stays within the model's 7:3 aspect range, otherwise in the row layout closest to square), which is
+  then treated exactly like a single reference. Most robust, and the token count stays that of one image.
 * ``offset``: each picture is encoded on its own at its preferred size; all use position index 1 and
   are tiled left to right on the row/column grid, each shifted by the widths before it (mixed sizes
   allowed). Costs one image's tokens per reference.
