@@ -20,7 +20,7 @@ $(VENV)/bin/activate:
 
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[gpu]"
+	$(PIP) install -q -e ".[gpu,analysis]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
