@@ -180,14 +180,18 @@ def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, to
         source = {k.replace("diffusion_model.", "base_model.model.", 1): v for k, v in source.items()}
     try:
         converted = FluxKontextPipeline.lora_state_dict(source)
-    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+    except (KeyError, ValueError, RuntimeError, IndexError, AssertionError) as exc:
+        # AssertionError: the kohya converter asserts the 12B single-block sizes (3072 x 3 + 12288).
         raise LoraError(
             f"loras: {Path(info.path).name} looks like a {fmt.value} LoRA but diffusers could not convert it: "
             f"{exc.__class__.__name__}: {exc}. The converter expects the full FLUX.1 block layout "
             f"(19 double + 38 single blocks); first keys of the file: {info.sample_keys}",
             field="loras",
         ) from None
-    return dict(converted)
+    # diffusers' kohya converter leaves the transformer's embedders and final layer (img_in, txt_in, time_in,
+    # vector_in, guidance_in, final_layer) without the component prefix, so they would be dropped on load.
+    return {k if k.startswith(("transformer.", "text_encoder.")) else f"transformer.{k}": v
+            for k, v in converted.items()}
 
 
 def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: LoraInfo) -> None:

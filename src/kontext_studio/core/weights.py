@@ -90,6 +90,18 @@ def _marker(folder: Path) -> dict[str, Any]:
     return {}
 
 
+def _missing_parts(folder: Path) -> str | None:
+    """What a diffusers folder lacks: model_index.json, or a component folder it names."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return "model_index.json missing"
+    spec = json.loads(index.read_text())
+    missing = [name for name, value in spec.items()
+               if not name.startswith("_") and isinstance(value, list) and value[0] is not None
+               and not (folder / name).is_dir()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
 def _hub_snapshot(repo: str, revision: str | None, token: str | None, download: bool) -> str | None:
     from huggingface_hub import snapshot_download
 
@@ -130,7 +142,7 @@ def locate(source: ModelSource, token: str | None = None, download: bool = False
         f = Path(source.location)
         if not f.is_file():
             return WeightsStatus(False, None, source, message=f"checkpoint not found: {f}. {how}")
-        base = locate(ModelSource.parse(source.base), token, download)
+        base = locate(ModelSource.parse(source.base, revision=source.revision), token, download)
         if not base.found:
             return WeightsStatus(False, None, source, message=f"the single file {f.name} needs the other parts "
                                  f"(text encoders, VAE, configs): {base.message}")
@@ -139,6 +151,9 @@ def locate(source: ModelSource, token: str | None = None, download: bool = False
     path = _hub_snapshot(source.location, source.revision, token, download)
     if path is None:
         return WeightsStatus(False, None, source, message=f"{source.location} is not in the Hugging Face cache. {how}")
+    if missing := _missing_parts(Path(path)):
+        return WeightsStatus(False, None, source, message=f"the cached copy of {source.location} is incomplete "
+                             f"({missing}); an interrupted download? Run again with HF_TOKEN set to finish it.")
     mark = _marker(Path(path))
     return WeightsStatus(True, path, source, revision=Path(path).name, random_weights=bool(mark.get("random_weights")),
                          resolution=int(mark.get("resolution", 1024)))
@@ -147,10 +162,15 @@ def locate(source: ModelSource, token: str | None = None, download: bool = False
 def fingerprint(path: str | Path, cache_dir: str | Path | None = None) -> str:
     """A content hash of a weights file or folder, cached by (path, size, mtime) so it is computed once.
 
-    For a folder: the hash of every weight, config and tokenizer file's hash with its relative path.
+    For a folder: the hash of every weight, config and tokenizer file's hash with its relative path
+    (hidden files and folders, such as download metadata, are skipped: they change without the weights).
     """
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if p.is_file():
+        files = [p]
+    else:
+        files = sorted(f for f in p.rglob("*")
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
     cache_file = Path(cache_dir) / "hashes.json" if cache_dir else None
     cache: dict[str, str] = {}
     if cache_file and cache_file.is_file():
@@ -159,18 +179,23 @@ def fingerprint(path: str | Path, cache_dir: str | Path | None = None) -> str:
         except ValueError:
             cache = {}
     outer = hashlib.sha256()
+    digest = ""
+    changed = False
     for f in files:
         st = f.stat()
         key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        digest = cache.get(key)
-        if digest is None:
+        digest = cache.get(key, "")
+        if not digest:
             h = hashlib.sha256()
             with open(f, "rb") as fh:
                 while block := fh.read(1 << 22):
                     h.update(block)
             digest = cache[key] = h.hexdigest()
+            changed = True
         outer.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{digest}\n".encode())
-    if cache_file:
+    if cache_file and changed:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(cache))
-    return outer.hexdigest() if p.is_dir() else cache[f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"]
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_file)  # atomic: a concurrent reader never sees half a file
+    return digest if p.is_file() else outer.hexdigest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -157,11 +158,14 @@ class LoraSlots:
             state, info = read_lora(info.path)
         converted = to_diffusers(state, info)
         check_fit(converted, {"transformer": self.pipe.transformer, "text_encoder": self.pipe.text_encoder}, info)
-        if info.format in (LoraFormat.DIFFUSERS, LoraFormat.AI_TOOLKIT):
-            # From the file, so diffusers reads lora_alpha from its metadata.
-            self.pipe.load_lora_weights(info.path, adapter_name=name)
-        else:
-            self.pipe.load_lora_weights(converted, adapter_name=name)
+        with warnings.catch_warnings():
+            # peft notes every second adapter on the same model; that is exactly what hot-swapping does.
+            warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
+            if info.format in (LoraFormat.DIFFUSERS, LoraFormat.AI_TOOLKIT):
+                # From the file, so diffusers reads lora_alpha from its metadata.
+                self.pipe.load_lora_weights(info.path, adapter_name=name)
+            else:
+                self.pipe.load_lora_weights(converted, adapter_name=name)
         self.load_count += 1
         self.loaded[name] = info
         while len(self.loaded) > MAX_LOADED_LORAS:
@@ -272,7 +276,8 @@ class DiffusersKontextBackend(EditBackend):
         self.on_status(f"loading {self.source.describe()} ({dtype_name})")
         assert status.path is not None
         if self.source.kind == "single_file":
-            base = locate(ModelSource.parse(self.source.base), self.token, self.allow_download)
+            base = locate(ModelSource.parse(self.source.base, revision=self.source.revision), self.token,
+                          self.allow_download)
             assert base.path is not None
             transformer = FluxTransformer2DModel.from_single_file(
                 status.path, config=base.path, subfolder="transformer", dtype=dtype
@@ -328,6 +333,11 @@ class DiffusersKontextBackend(EditBackend):
             else:
                 self.on_status("fingerprinting the weights for the recipe (hashed once, then cached)")
                 self._fingerprint = "sha256:" + fingerprint(self.status.path or self.source.location, self.cache_dir)
+                if self.source.kind == "single_file":
+                    # The text encoders and VAE come from the base: it is part of what made the image.
+                    base = locate(ModelSource.parse(self.source.base, revision=self.source.revision), self.token)
+                    self._fingerprint += (f"+base:revision:{base.revision}" if base.revision else
+                                          "+base:sha256:" + fingerprint(base.path or "", self.cache_dir))
         return {
             "backend": self.name,
             "source": self.source.location,
