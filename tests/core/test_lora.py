@@ -455,6 +455,10 @@ def _write_bad(kind: str, folder: Path) -> Path:
         state = _ab("transformer.transformer_blocks.0.attn.to_q", 64, 32, 4, gen)
         state |= _ab("transformer.transformer_blocks.0.attn.to_k", 32, 32, 4, gen)
         save_file(state, str(path))
+    elif kind == "rank-mismatch":
+        state = _ab("transformer.transformer_blocks.0.attn.to_q", 32, 32, 4, gen)
+        state["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"] = torch.zeros(32, 8)
+        save_file(state, str(path))
     elif kind == "more-blocks":
         save_file(_ab("transformer.transformer_blocks.7.attn.to_q", 32, 32, 4, gen), str(path))
     elif kind == "kohya-wrong-width":
@@ -475,6 +479,7 @@ BAD_FILES = {
                     r"model\.diffusion_model\.input_blocks\.0\.weight",
     "wrong-width": r"\(diffusers format, 4 tensors\) does not fit this model: transformer\.transformer_blocks\.0\."
                    r"attn\.to_q\.lora_A\.weight \(expects 32 inputs, the file has 64\)\. Was it trained",
+    "rank-mismatch": r"transformer\.transformer_blocks\.0\.attn\.to_q \(lora_A has rank 4 but lora_B has rank 8\)",
     "more-blocks": r"\(diffusers format, 2 tensors\) does not fit.*transformer\.transformer_blocks\.7\.attn\.to_q\."
                    r"lora_A\.weight \(the model has no module 'transformer_blocks\.7\.attn\.to_q'\)",
     "kohya-wrong-width": r"\(kohya format, 2 tensors\) does not fit.*transformer\.transformer_blocks\.0\.attn\."

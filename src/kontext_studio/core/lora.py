@@ -208,6 +208,7 @@ def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: Lor
     named = {prefix: dict(m.named_modules()) for prefix, m in modules.items() if m is not None}
     bad: list[str] = []
     matched = 0
+    ranks: dict[str, dict[str, int]] = {}  # module key → {"A": rank, "B": rank}
     for key, tensor in state.items():
         prefix, _, rest = key.partition(".")
         m = re.match(r"(.+)\.lora_([AB])\.(?:[^.]+\.)?weight$", rest)
@@ -227,6 +228,12 @@ def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: Lor
             bad.append(f"{key} (expects {out_f} outputs, the file has {tensor.shape[0]})")
         else:
             matched += 1
+            if tensor.ndim >= 2:
+                ranks.setdefault(f"{prefix}.{m.group(1)}", {})[m.group(2)] = int(
+                    tensor.shape[0] if m.group(2) == "A" else tensor.shape[1])
+    for module_key, r in ranks.items():
+        if len(r) == 2 and r["A"] != r["B"]:
+            bad.append(f"{module_key} (lora_A has rank {r['A']} but lora_B has rank {r['B']})")
     if bad or matched == 0:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise LoraError(
