@@ -81,3 +81,24 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         load_reference(Reference(tmp_path / "nope.jpg"))
     with pytest.raises(InvalidImage, match="a folder, not an image"):
         load_reference(Reference(tmp_path))
+
+
+def test_16_bit_png_keeps_its_tones(tmp_path: Path) -> None:
+    import numpy as np
+
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    p = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(p)
+    with Image.open(p) as raw:
+        assert raw.mode.startswith("I")
+    loaded = load_reference(Reference(p))
+    gray = np.asarray(loaded.image)[..., 0]
+    assert gray.min() == 0 and gray.max() == 255 and 100 < gray.mean() < 155  # a ramp, not a white sheet
+    assert any("16-bit" in w for w in loaded.warnings)
+
+
+def test_cmyk_and_grayscale_jpegs_become_rgb(tmp_path: Path) -> None:
+    for mode in ("CMYK", "L"):
+        p = tmp_path / f"{mode}.jpg"
+        noise_image(64, 64).convert(mode).save(p)
+        assert load_reference(Reference(p)).image.mode == "RGB"

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kontext_studio.core.errors import InvalidImage
@@ -111,6 +112,12 @@ def load_reference(ref: Reference, index: int = 0) -> LoadedImage:
             base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(base, rgba).convert("RGB")
             warnings.append(f"{label}: transparent areas were filled with white")
+        elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            # Pillow's convert("RGB") clips high-bit-depth values at 255 (a white picture): rescale first.
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            img = Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8), "L").convert("RGB")
+            warnings.append(f"{label}: converted from 16-bit to 8-bit colour")
         elif img.mode != "RGB":
             img = img.convert("RGB")
         else:
