@@ -6,6 +6,8 @@ the recipe; a backend only executes the plan. Every adjustment becomes a warning
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import platform
 import secrets
@@ -22,11 +24,12 @@ from PIL import Image
 from kontext_studio.core.backends.base import CancelFn, EditBackend, GenerationPlan, PreparedReference
 from kontext_studio.core.contact_sheet import contact_sheet
 from kontext_studio.core.errors import InvalidRequest, RecipeError, TierNotConfigured
+from kontext_studio.core.fidelity_base import Fidelity
 from kontext_studio.core.images import LoadedImage, load_reference, sha256_image
 from kontext_studio.core.multiref import Placement, placements, stitch
 from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
 from kontext_studio.core.registry import TierSpec, get_tier
-from kontext_studio.core.resolution import plan_output, reference_size
+from kontext_studio.core.resolution import GeometryPlan, plan_output, reference_size
 from kontext_studio.core.types import (
     EditRequest,
     EditResult,
@@ -43,19 +46,42 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 SEED_RANGE = 2**32
 
 
-def library_versions() -> dict[str, str]:
-    """Versions that affect pixels, for the recipe."""
-    out = {"python": platform.python_version()}
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # Reading package metadata costs ~10 ms; the versions cannot change within a process.
+    out = [("python", platform.python_version())]
     for name in ("kontext-studio", "torch", "diffusers", "transformers", "peft", "pillow"):
         try:
-            out[name.replace("-", "_")] = metadata.version(name)
+            out.append((name.replace("-", "_"), metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that affect pixels, for the recipe."""
+    return dict(_versions())
+
+
+def _score_label(result: EditResult) -> str:
+    sim = (result.identity or {}).get("similarity")
+    return "" if sim is None else f", identity {sim:.2f}"
 
 
 def _fmt(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
+
+
+@dataclass
+class _Candidate:
+    image: Image.Image
+    seed: int
+    info: dict[str, Any]
+    warnings: list[str]
+    similarity: float | None = None
+    passed: bool | None = None
+    identity: dict[str, Any] | None = None
+    lock: dict[str, Any] | None = None
 
 
 @dataclass
@@ -74,12 +100,15 @@ class Editor:
         backends: backend name (``diffusers``, ``bfl_api``, ``fake``) → instance. A tier whose backend
             is absent raises TierNotConfigured with what is missing.
         backend_factories: lazily built backends (so ``kontext models`` never loads a model).
+        fidelity: the analyser for reference checks, pixel lock and identity scores (None: none run).
     """
 
     def __init__(self, backends: dict[str, EditBackend] | None = None,
-                 backend_factories: dict[str, Callable[[], EditBackend]] | None = None):
+                 backend_factories: dict[str, Callable[[], EditBackend]] | None = None,
+                 fidelity: Fidelity | None = None):
         self._backends: dict[str, EditBackend] = dict(backends or {})
         self._factories = dict(backend_factories or {})
+        self.fidelity = fidelity
 
     # -- plumbing -----------------------------------------------------------------------------
     def backend_for(self, tier: TierSpec) -> EditBackend:
@@ -135,13 +164,18 @@ class Editor:
              cancel: CancelFn | None = None, _loaded: list[LoadedImage] | None = None) -> EditResult:
         """Run one edit.
 
+        With a fidelity analyser configured, the references are checked, the output is pixel-locked
+        (``request.pixel_lock``) and scored against the subject reference; ``identity_guard`` with
+        ``candidates`` > 1 tries seeds ``seed, seed+1, ...`` until one reaches the threshold and keeps the
+        best.
+
         Args:
             request: what to do.
             on_progress: called with (phase, done, total); phases ``load``, ``denoise``, ``done``.
             cancel: polled between denoising steps; returning True stops the edit.
 
         Returns:
-            The EditResult (image at the promised size, seed, recipe, timings, warnings).
+            The EditResult (image at the promised size, seed, recipe, timings, warnings, scores).
 
         Raises:
             InvalidRequest: bad fields or images (the message names the field and the fix).
@@ -159,16 +193,27 @@ class Editor:
                 field="references",
             )
         backend = self.backend_for(tier)
+        timings: dict[str, float] = {}
         t = time.perf_counter()
         loaded = _loaded or self._load_references(request.references)
-        t_images = time.perf_counter() - t
+        mask = self._load_mask(request.lock_mask, loaded[0].size)
+        timings["images"] = time.perf_counter() - t
+
+        warnings: list[str] = [w for li in loaded for w in li.warnings]
+        findings: list[list[dict[str, Any]]] = []
+        if self.fidelity is not None and request.check_references:
+            t = time.perf_counter()
+            findings = [self.fidelity.check_reference(li.image, li.sha256) for li in loaded]
+            warnings += [f"reference {i + 1}: {f['message']} ({f['fix']})" for i, found in enumerate(findings)
+                         for f in found if f.get("severity") in ("warning", "error")]
+            timings["reference_check"] = time.perf_counter() - t
 
         if on_progress:
             on_progress("load", 0, 1)
         t = time.perf_counter()
         resolution = backend.resolution
         model = backend.model_info()
-        t_load = time.perf_counter() - t
+        timings["load"] = time.perf_counter() - t
         if on_progress:
             on_progress("load", 1, 1)
 
@@ -176,6 +221,7 @@ class Editor:
         strategy, fmt = Strategy(request.strategy), OutputFormat(request.output_format)
         geometry = plan_output(loaded[0].size, request.aspect_ratio, GeometryMode(request.geometry), resolution)
         prepared, ref_warnings = self._prepare(loaded, request.references, strategy, resolution)
+        warnings += ref_warnings + list(geometry.warnings)
         seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
         steps = int(request.steps or tier.steps or 28)
         guidance = float(request.guidance if request.guidance is not None else (tier.guidance or 2.5))
@@ -191,26 +237,43 @@ class Editor:
             step_cache=tier.step_cache,
             step_cache_threshold=tier.step_cache_threshold,
         )
-        step_cb = (lambda done, total: on_progress("denoise", done, total)) if on_progress else None
-        out = backend.generate(plan, on_step=step_cb, cancel=cancel)
-
-        t = time.perf_counter()
-        image = out.image
-        if image.size != geometry.output_size:
-            image = image.resize(geometry.output_size, Image.Resampling.LANCZOS)
-        t_post = time.perf_counter() - t
-
-        warnings = [w for li in loaded for w in li.warnings] + ref_warnings + list(geometry.warnings) + out.warnings
+        subject = next((i for i, r in enumerate(request.references) if r.role == "subject"), 0)
+        candidates = int(request.candidates)
+        best: _Candidate | None = None
+        tried: list[dict[str, Any]] = []
+        for k in range(candidates):
+            label = "denoise" if candidates == 1 else f"candidate {k + 1}/{candidates}"
+            step_cb = (lambda done, total, label=label: on_progress(label, done, total)) if on_progress else None
+            cand = self._candidate(backend, dataclasses.replace(plan, seed=(seed + k) % SEED_RANGE), geometry,
+                                   loaded, subject, request, mask, step_cb, cancel, timings)
+            tried.append({"seed": cand.seed, "similarity": cand.similarity, "passed": cand.passed})
+            if best is None or (cand.similarity or -1.0) > (best.similarity or -1.0):
+                best = cand
+            guard = request.identity_guard
+            if guard is None and candidates == 1:
+                break
+            if guard is not None and cand.similarity is not None and cand.similarity >= guard:
+                break
+        assert best is not None
+        warnings += best.warnings
+        identity = best.identity
+        if identity is not None:
+            identity = {**identity, "threshold": request.identity_guard, "candidates": tried}
+            if request.identity_guard is not None and (best.similarity or 0.0) < request.identity_guard:
+                warnings.append(
+                    f"identity guard: no candidate reached similarity {request.identity_guard:.2f} in "
+                    f"{len(tried)} tries; kept the best ({best.similarity or 0:.2f}, seed {best.seed})"
+                )
+        chain = self._chain(request.references[0], loaded[0], best.image)
         for w in warnings:
             logger.warning(w)
-        timings = {"images": t_images, "load": t_load, **out.timings, "postprocess": t_post}
         timings["total"] = time.perf_counter() - t_start
         recipe = {
             "schema": RECIPE_SCHEMA,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "instruction": plan.instruction,
             "tier": tier.name,
-            "seed": seed,
+            "seed": best.seed,
             "steps": steps,
             "guidance": guidance,
             "strategy": strategy.value,
@@ -218,22 +281,97 @@ class Editor:
             "aspect_ratio": request.aspect_ratio,
             "output_format": fmt.value,
             "step_cache": tier.step_cache,
+            "pixel_lock": request.pixel_lock if request.lock_mask is None else "mask",
             "references": [
                 {"path": str(Path(r.image).resolve()) if isinstance(r.image, str | Path) else None,
                  "sha256": li.sha256, "role": str(r.role) if r.role else None, "size": list(li.size)}
                 for r, li in zip(request.references, loaded, strict=True)
             ],
-            "loras": out.info.get("loras", [{"path": lo.path, "weight": lo.weight} for lo in request.loras]),
+            "loras": best.info.get("loras", [{"path": lo.path, "weight": lo.weight} for lo in request.loras]),
             "model": model,
             "model_size": list(geometry.model_size),
-            "output_size": list(image.size),
+            "output_size": list(best.image.size),
+            "identity": identity,
+            "pixel_lock_result": best.lock,
+            "reference_checks": findings,
+            "chain": chain,
             "versions": library_versions(),
             "digital_source_type": IPTC_SOURCE_TYPE,
         }
         if on_progress:
             on_progress("done", 1, 1)
-        return EditResult(image=image, seed=seed, recipe=recipe, timings=timings, warnings=warnings,
-                          output_format=fmt)
+        return EditResult(image=best.image, seed=best.seed, recipe=recipe, timings=timings, warnings=warnings,
+                          output_format=fmt, identity=identity, pixel_lock=best.lock, findings=findings)
+
+    def _candidate(self, backend: EditBackend, plan: GenerationPlan, geometry: GeometryPlan,
+                   loaded: list[LoadedImage], subject: int, request: EditRequest, mask: Image.Image | None,
+                   on_step: Callable[[int, int], None] | None, cancel: CancelFn | None,
+                   timings: dict[str, float]) -> _Candidate:
+        """Generate one seed, restore the geometry, pixel-lock it and score it."""
+        out = backend.generate(plan, on_step=on_step, cancel=cancel)
+        for phase, seconds in out.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + seconds
+        t = time.perf_counter()
+        image = out.image
+        if image.size != geometry.output_size:
+            image = image.resize(geometry.output_size, Image.Resampling.LANCZOS)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t
+        cand = _Candidate(image=image, seed=plan.seed, info=out.info, warnings=list(out.warnings))
+        if self.fidelity is None:
+            return cand
+        mode = "mask" if mask is not None else request.pixel_lock
+        if mode != "off":
+            t = time.perf_counter()
+            if image.size == loaded[0].size:
+                outcome = self.fidelity.lock(loaded[0].image, image, "auto" if mask is not None else mode, mask)
+                cand.image = outcome.image
+                cand.lock = {"mode": mode, "applied": outcome.applied, "reason": outcome.reason, **outcome.details}
+                if outcome.applied:
+                    cand.warnings.append(f"pixel lock: {outcome.reason}")
+            else:
+                cand.lock = {"mode": mode, "applied": False,
+                             "reason": "the output has another size than the input (aspect ratio changed): "
+                                       "nothing to lock to"}
+            timings["pixel_lock"] = timings.get("pixel_lock", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        score = self.fidelity.identity(loaded[subject].image, cand.image)
+        timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
+        cand.similarity, cand.passed = score.similarity, score.passed
+        cand.identity = {"similarity": score.similarity, "passed": score.passed, "measured": score.measured,
+                         "method": score.method, "reference": subject + 1, "details": score.details}
+        return cand
+
+    @staticmethod
+    def _load_mask(source: Any, size: tuple[int, int]) -> Image.Image | None:
+        if source is None:
+            return None
+        loaded = load_reference(Reference(source), 0)
+        if loaded.size != size:
+            raise InvalidRequest(
+                f"lock_mask is {_fmt(loaded.size)} but the input is {_fmt(size)}; paint the mask on the input "
+                "at its own size (white = the area to edit)", field="lock_mask")
+        return loaded.image.convert("L")
+
+    def _chain(self, first: Reference, loaded: LoadedImage, output: Image.Image) -> dict[str, Any] | None:
+        """For an edit of a previous output: the original it started from, the turn, and the drift."""
+        if not isinstance(first.image, str | Path):
+            return None
+        try:
+            previous = read_recipe(first.image)
+        except RecipeError:
+            return None
+        origin = (previous.get("chain") or {}).get("origin") or (previous.get("references") or [{}])[0]
+        turn = int((previous.get("chain") or {}).get("turn", 1)) + 1
+        chain: dict[str, Any] = {"origin": {"path": origin.get("path"), "sha256": origin.get("sha256")},
+                                 "turn": turn, "previous": {"path": str(first.image), "sha256": loaded.sha256},
+                                 "drift": None}
+        path = origin.get("path")
+        if self.fidelity is not None and path and Path(path).is_file():
+            original = load_reference(Reference(path), 0)
+            if original.sha256 == origin.get("sha256"):
+                score = self.fidelity.identity(original.image, output)
+                chain["drift"] = {"similarity": score.similarity, "passed": score.passed, "method": score.method}
+        return chain
 
     def series(self, request: EditRequest, instructions: list[str], on_progress: ProgressFn | None = None,
                cancel: CancelFn | None = None) -> SeriesResult:
@@ -261,7 +399,7 @@ class Editor:
 
             results.append(self.edit(request.replace(instruction=text, seed=seed), scene_progress, cancel,
                                      _loaded=loaded))
-        labels = [f"{i + 1}. {r.recipe['instruction']} (seed {r.seed})" for i, r in enumerate(results)]
+        labels = [f"{i + 1}. {r.recipe['instruction']} (seed {r.seed}{_score_label(r)})" for i, r in enumerate(results)]
         sheet = contact_sheet([r.image for r in results], labels)
         return SeriesResult(results, sheet, {"total": time.perf_counter() - t0})
 
@@ -309,5 +447,10 @@ class Editor:
             loras=[LoraSpec(lo["path"], lo.get("weight", 1.0)) for lo in recipe.get("loras", [])],
             strategy=recipe.get("strategy", "stitch"),
             geometry=recipe.get("geometry", "lock"),
+            # The guard already picked its seed (recorded above): replay exactly that one.
+            pixel_lock="off" if recipe.get("pixel_lock") == "off" else "auto",
         )
+        if recipe.get("pixel_lock") == "mask":
+            raise RecipeError("this edit used a user mask for the pixel lock; masks are not stored in the recipe, "
+                              "so replay cannot reproduce it")
         return self.edit(request, on_progress), recipe

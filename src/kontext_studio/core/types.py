@@ -21,6 +21,8 @@ MAX_REFERENCES = 4
 MAX_INSTRUCTION_CHARS = 2000
 MAX_STEPS = 100
 MAX_SEED = 2**63 - 1
+MAX_CANDIDATES = 8
+PIXEL_LOCK_MODES = ("auto", "off")
 
 
 class Role(StrEnum):
@@ -119,6 +121,11 @@ class EditRequest:
     loras: list[LoraSpec] = field(default_factory=list)
     strategy: Strategy | str = Strategy.STITCH
     geometry: GeometryMode | str = GeometryMode.LOCK
+    identity_guard: float | None = None
+    candidates: int = 1
+    pixel_lock: str = "auto"
+    lock_mask: str | Path | bytes | Image.Image | None = None
+    check_references: bool = True
 
     def __post_init__(self) -> None:
         self.output_format = _enum(OutputFormat, self.output_format, "output_format")
@@ -163,6 +170,16 @@ class EditRequest:
                 f"guidance must be between 0 and 20 (Kontext default 2.5), got {self.guidance}",
                 field="guidance",
             )
+        if self.identity_guard is not None and not 0.0 < float(self.identity_guard) <= 1.0:
+            raise InvalidRequest(
+                f"identity_guard is a similarity between 0 and 1 (0.5 = same-person threshold), got "
+                f"{self.identity_guard}", field="identity_guard")
+        if not 1 <= int(self.candidates) <= MAX_CANDIDATES:
+            raise InvalidRequest(f"candidates must be between 1 and {MAX_CANDIDATES}, got {self.candidates}",
+                                 field="candidates")
+        if str(self.pixel_lock) not in PIXEL_LOCK_MODES:
+            raise InvalidRequest(f"pixel_lock must be auto or off (or give a mask image), got {self.pixel_lock!r}",
+                                 field="pixel_lock")
         for lo in self.loras:
             if not -4.0 <= lo.weight <= 4.0:
                 raise InvalidRequest(
@@ -184,6 +201,10 @@ class EditResult:
         recipe: everything needed to reproduce the edit (see ``recipe.py``).
         timings: seconds per phase (prompt, reference encode, denoise, decode, postprocess, total).
         warnings: every adjustment the engine made, in words.
+        identity: the identity score of the output against the subject reference (and every guard
+            candidate's), when a fidelity analyser is configured.
+        pixel_lock: what the pixel lock did (alignment, colour correction, changed area), if it ran.
+        findings: the reference checker's findings, one list per reference.
     """
 
     image: Image.Image
@@ -192,6 +213,9 @@ class EditResult:
     timings: dict[str, float]
     warnings: list[str]
     output_format: OutputFormat = OutputFormat.PNG
+    identity: dict[str, Any] | None = None
+    pixel_lock: dict[str, Any] | None = None
+    findings: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
         """Write the image with its recipe and AI-provenance marks embedded; returns the path."""
@@ -206,5 +230,8 @@ class EditResult:
             "size": list(self.image.size),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
+            "identity": self.identity,
+            "pixel_lock": self.pixel_lock,
+            "findings": self.findings,
             "recipe": self.recipe,
         }
