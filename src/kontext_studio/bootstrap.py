@@ -8,6 +8,7 @@ from typing import Any
 
 from kontext_studio.core.backends.base import EditBackend
 from kontext_studio.core.engine import Editor
+from kontext_studio.core.fidelity_base import Fidelity
 from kontext_studio.core.weights import ModelSource
 from kontext_studio.settings import Settings
 
@@ -38,7 +39,19 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
             on_status=on_status,
         )
 
-    return Editor(backend_factories={"diffusers": diffusers_backend})
+    return Editor(backend_factories={"diffusers": diffusers_backend}, fidelity=build_fidelity(settings))
+
+
+def build_fidelity(settings: Settings) -> Fidelity | None:
+    """The analysis package's fidelity analyser, or None when its extras (dlib, OpenCV) are missing."""
+    try:
+        import cv2  # noqa: F401
+        import dlib  # noqa: F401
+    except ImportError:
+        return None
+    from kontext_studio.analysis.fidelity import AnalysisFidelity
+
+    return AnalysisFidelity(face_model=settings.face_model)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

@@ -24,17 +24,20 @@ class Settings:
         allow_download: whether missing hub weights may be downloaded (``KONTEXT_ALLOW_DOWNLOAD``; on by
             default, off when ``HF_HUB_OFFLINE`` is set).
         bfl_api_key: key for the hosted Pro/Max tiers (``BFL_API_KEY``).
+        face_model: an ArcFace-class ONNX model for identity scores instead of dlib's
+            (``KONTEXT_FACE_MODEL``).
     """
 
     model: str | None = None
     base_model: str | None = None
     hf_token: str | None = None
-    home: Path = Path.home() / ".kontext"  # noqa: RUF009 - computed once, at import
+    home: Path = Path.home() / ".kontext"
     device: str = "auto"
     dtype: str = "auto"
     memory_mode: str = "auto"
     allow_download: bool = True
     bfl_api_key: str | None = None
+    face_model: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -50,4 +53,5 @@ class Settings:
             memory_mode=e.get("KONTEXT_MEMORY_MODE", "auto"),
             allow_download=not offline and e.get("KONTEXT_ALLOW_DOWNLOAD", "1").lower() in _TRUE,
             bfl_api_key=e.get("BFL_API_KEY") or None,
+            face_model=e.get("KONTEXT_FACE_MODEL") or None,
         )

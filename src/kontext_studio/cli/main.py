@@ -38,6 +38,14 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cuda, cud
 MemoryOpt = Annotated[str | None, typer.Option("--memory-mode", help="auto, gpu, model_offload, "
                                                "group_offload or sequential_offload.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout (progress stays on stderr).")]
+GuardOpt = Annotated[float | None, typer.Option("--identity-guard", help="Minimum identity similarity (0-1; 0.5 = "
+                                                "same-person threshold): try further seeds until one reaches it.")]
+CandidatesOpt = Annotated[int | None, typer.Option(help="Seeds to try at most (default 4 with --identity-guard, "
+                                                   "else 1); the best is kept.")]
+LockOpt = Annotated[str, typer.Option("--pixel-lock", help="auto (undo drift outside the edited area), off, or a "
+                                      "mask image (white = the area to edit).")]
+CheckOpt = Annotated[bool, typer.Option("--check/--no-check", help="Check each reference photo and report "
+                                        "problems (resolution, blur, exposure, faces...).")]
 
 
 def handles_errors(fn: F) -> F:
@@ -70,12 +78,42 @@ def _references(images: list[str], roles: list[str] | None) -> list[Reference]:
     return [Reference(img, roles[i] if i < len(roles) else None) for i, img in enumerate(images)]
 
 
+def _fidelity_options(guard: float | None, candidates: int | None, pixel_lock: str) -> dict[str, Any]:
+    """The request fields behind --identity-guard, --candidates and --pixel-lock."""
+    lock, mask = (pixel_lock, None) if pixel_lock in ("auto", "off") else ("auto", pixel_lock)
+    if mask is not None and not Path(mask).is_file():
+        raise InvalidRequest(f"--pixel-lock must be auto, off or a mask image file; {mask!r} is neither",
+                             field="pixel_lock")
+    return {"identity_guard": guard, "candidates": candidates or (4 if guard is not None else 1),
+            "pixel_lock": lock, "lock_mask": mask}
+
+
+def _identity_line(identity: dict[str, Any] | None) -> str | None:
+    if not identity:
+        return None
+    sim = identity.get("similarity")
+    if sim is None:
+        reason = (identity.get("details") or {}).get("reason") or "nothing to compare"
+        return f"identity: not measured ({reason})"
+    verdict = {True: "kept", False: "NOT kept", None: "unknown"}[identity.get("passed")]
+    what = "same person" if identity.get("measured") else "object consistency"
+    tries = identity.get("candidates") or []
+    extra = f", best of {len(tries)} seeds" if len(tries) > 1 else ""
+    return f"identity: {sim:.2f} ({what} {verdict}, {identity.get('method')}{extra})"
+
+
 def _report(result: Any, path: Path, as_json: bool) -> None:
     if as_json:
         print_json({"output": str(path), **result.summary()})
         return
     w, h = result.image.size
     out.print(f"[green]saved[/] {path}  ({w}x{h}, seed {result.seed}, {result.timings['total']:.2f} s)")
+    if line := _identity_line(result.identity):
+        out.print(line, highlight=False)
+    chain = result.recipe.get("chain") or {}
+    if chain.get("drift"):
+        out.print(f"drift from the original after {chain['turn']} edits: identity "
+                  f"{chain['drift']['similarity']:.2f}", highlight=False)
     for warning in result.warnings:
         err.print(f"[yellow]note:[/] {warning}", highlight=False)
     if result.recipe.get("model", {}).get("random_weights"):
@@ -102,6 +140,10 @@ def edit(
     = "lock",
     output_format: Annotated[str | None, typer.Option("--format", help="png, jpeg or webp (default: from -o).")]
     = None,
+    identity_guard: GuardOpt = None,
+    candidates: CandidatesOpt = None,
+    pixel_lock: LockOpt = "auto",
+    check: CheckOpt = True,
     model: ModelOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
@@ -116,7 +158,8 @@ def edit(
     request = EditRequest(
         references=_references(images, role), instruction=instruction, tier=tier, aspect_ratio=aspect, seed=seed,
         steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
-        geometry=geometry, output_format=output_format or format_for_path(output).value,
+        geometry=geometry, output_format=output_format or format_for_path(output).value, check_references=check,
+        **_fidelity_options(identity_guard, candidates, pixel_lock),
     )
     request.validate()
     editor = build_editor(_settings(model, base, device, memory_mode), on_status=lambda m: err.print(m))
@@ -143,6 +186,9 @@ def series(
     lora: Annotated[list[str] | None, typer.Option(help="LoRA PATH[:WEIGHT]; repeatable.")] = None,
     strategy: Annotated[str, typer.Option(help="stitch, offset or index.")] = "stitch",
     role: Annotated[list[str] | None, typer.Option(help="Role per reference, in order.")] = None,
+    identity_guard: GuardOpt = None,
+    candidates: CandidatesOpt = None,
+    pixel_lock: LockOpt = "auto",
     model: ModelOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
@@ -158,6 +204,7 @@ def series(
         references=_references(references, role), instruction=instructions[0] if instructions else "x", tier=tier,
         aspect_ratio=aspect, seed=seed, steps=steps, guidance=guidance,
         loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
+        **_fidelity_options(identity_guard, candidates, pixel_lock),
     )
     editor = build_editor(_settings(model, base, device, memory_mode), on_status=lambda m: err.print(m))
     with progress_bars() as on_progress:
@@ -174,8 +221,9 @@ def series(
     if as_json:
         print_json(summary)
         return
-    for f in files:
-        out.print(f"[green]saved[/] {f}")
+    for f, r in zip(files, res.results, strict=True):
+        line = _identity_line(r.identity)
+        out.print(f"[green]saved[/] {f}" + (f"  ({line})" if line else ""), highlight=False)
     out.print(f"[green]contact sheet[/] {sheet}  ({len(files)} scenes, seed {summary['seed']}, "
               f"{res.timings['total']:.2f} s)")
 
@@ -267,6 +315,111 @@ def doctor(model: ModelOpt = None, base: BaseOpt = None, device: DeviceOpt = Non
         return
     for key, value in report.items():
         out.print(f"[bold]{key}[/]: {value}", soft_wrap=True, highlight=False)
+
+
+@app.command("check-ref")
+@handles_errors
+def check_ref(
+    images: Annotated[list[Path], typer.Argument(help="Reference photo(s) to check.")],
+    expect_face: Annotated[bool, typer.Option(help="Report a missing face as a warning (portraits).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check reference photos before editing: resolution, blur, exposure, compression, faces, pose, filters."""
+    from kontext_studio.analysis.reference_check import check_reference
+
+    reports = {str(p): check_reference(p, expect_face=expect_face) for p in images}
+    if as_json:
+        print_json({path: r.as_dict() for path, r in reports.items()})
+        return
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for path, report in reports.items():
+        w, h = report.size
+        out.print(f"[bold]{path}[/] ({w}x{h}, {report.faces} face(s))", highlight=False)
+        if not report.findings:
+            out.print("  [green]no problems found[/]")
+        for f in report.findings:
+            out.print(f"  [{colour[f.severity.value]}]{f.severity.value}[/] {f.code}: {f.message}\n"
+                      f"      fix: {f.fix}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def coach(
+    prompt: Annotated[str, typer.Argument(help="The instruction to check.")],
+    refs: Annotated[int, typer.Option(help="How many reference images the edit will use.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lint an editing instruction: what Kontext will misread, and a suggested rewrite."""
+    from kontext_studio.analysis.prompt_coach import coach as run_coach
+
+    report = run_coach(prompt, references=refs)
+    if as_json:
+        print_json(report.as_dict())
+        return
+    if not report.findings:
+        out.print("[green]looks good[/]: one clear change, nothing that fights the reference.")
+    for f in report.findings:
+        span = f" \"{prompt[f.span[0]:f.span[1]]}\"" if f.span else ""
+        out.print(f"[yellow]{f.code}[/]{span}: {f.message}\n    fix: {f.fix}", highlight=False)
+    if report.rewrite:
+        out.print(f"[bold]suggested:[/] {report.rewrite}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def identity(
+    reference: Annotated[Path, typer.Argument(help="The reference photo (the subject).")],
+    output: Annotated[Path, typer.Argument(help="The edited image.")],
+    face_model: Annotated[Path | None, typer.Option(help="ArcFace-class ONNX model instead of dlib's ResNet.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score whether OUTPUT keeps the subject of REFERENCE (faces, or feature consistency for objects)."""
+    from kontext_studio.analysis.identity import OnnxFaceEmbedder, compare_identity
+    from kontext_studio.core.images import load_reference
+
+    ref, edited = load_reference(Reference(reference), 0), load_reference(Reference(output), 1)
+    scorer = OnnxFaceEmbedder(str(face_model)) if face_model else None
+    report = compare_identity(ref.image, edited.image, scorer=scorer)
+    if as_json:
+        print_json(report.as_dict())
+        return
+    data = report.as_dict()
+    if report.measured:
+        verdict = "[green]same person[/]" if report.same_person else "[red]different person[/]"
+        out.print(f"{verdict}: similarity {report.similarity:.2f}, distance {report.distance:.3f} "
+                  f"(threshold {report.threshold}, {report.method})", highlight=False)
+    else:
+        out.print(f"identity not measured: {report.reason}", highlight=False)
+        cons = data.get("consistency") or {}
+        if cons.get("measured"):
+            out.print(f"object consistency: {cons['score']:.2f} ({cons['method']})", highlight=False)
+
+
+@app.command("pixel-lock")
+@handles_errors
+def pixel_lock_cmd(
+    original: Annotated[Path, typer.Argument(help="The input image of the edit.")],
+    edited: Annotated[Path, typer.Argument(help="The edited image (any tool).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the repaired image.")],
+    mask: Annotated[Path | None, typer.Option(help="Mask image, white = the area that was meant to change.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Undo drift (shift, zoom, colour cast) outside the edited area of EDITED, keeping the edit."""
+    from kontext_studio.analysis.pixel_lock import pixel_lock
+    from kontext_studio.core.images import load_reference
+
+    a, b = load_reference(Reference(original), 0), load_reference(Reference(edited), 1)
+    m = load_reference(Reference(mask), 2).image.convert("L") if mask else None
+    result = pixel_lock(a.image, b.image, mode="auto", mask=m)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(output)
+    if as_json:
+        print_json({"output": str(output), **result.as_dict()})
+        return
+    state = "[green]applied[/]" if result.applied else "[yellow]left alone[/]"
+    out.print(f"{state}: {result.reason}; changed area {result.changed_fraction:.1%}; saved {output}",
+              highlight=False)
 
 
 @app.command("build-tiny-model")
