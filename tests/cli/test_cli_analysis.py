@@ -57,7 +57,7 @@ def test_check_ref_bad_files(tmp_path: Path, make, message: str) -> None:  # typ
 
 def test_check_ref_converts_unusual_modes(astronaut: Path, tmp_path: Path) -> None:
     gray16 = tmp_path / "gray16.png"
-    Image.fromarray((np.asarray(Image.open(astronaut).convert("L"), dtype=np.uint16) * 257)).save(gray16)
+    Image.fromarray(np.asarray(Image.open(astronaut).convert("L"), dtype=np.uint16) * 257).save(gray16)
     cmyk = tmp_path / "cmyk.jpg"
     Image.open(astronaut).convert("CMYK").save(cmyk, quality=95)
     code, stdout, _ = kontext("check-ref", gray16, cmyk, "--json")
