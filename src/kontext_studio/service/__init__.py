@@ -1,0 +1,1 @@
+"""The HTTP service: predictions API (Replicate envelope + BFL shim), jobs, accounts and credits, webhooks."""
