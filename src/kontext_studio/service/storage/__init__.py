@@ -1,0 +1,1 @@
+"""File storage behind an interface: the local folder now, object stores later."""
