@@ -11,8 +11,10 @@ import hashlib
 import hmac
 import time
 
+from kontext_studio.core.errors import KontextError
 
-class SignatureError(Exception):
+
+class SignatureError(KontextError):
     """A file URL whose signature is wrong or whose time has passed (HTTP 403)."""
 
     code = "invalid_signature"

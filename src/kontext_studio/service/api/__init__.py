@@ -1,0 +1,1 @@
+"""HTTP routes: predictions (Replicate envelope), BFL shim, models, files, account."""

@@ -1,0 +1,65 @@
+"""Errors as ``application/problem+json`` (RFC 9457), from one table mapping domain errors to statuses."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from kontext_studio.core.errors import Canceled, InvalidRequest, KontextError, TierNotConfigured, WeightsNotFound
+from kontext_studio.service.accounts.accounts_common import Conflict, InsufficientCredits, NotFound
+from kontext_studio.service.jobs.jobs_common import IdempotencyConflict, JobNotFound, StaleAttempt
+from kontext_studio.service.storage.signed_urls import SignatureError
+
+EXCEPTION_STATUS: dict[type[Exception], int] = {
+    InvalidRequest: 422,
+    IdempotencyConflict: 422,
+    InsufficientCredits: 402,
+    JobNotFound: 404,
+    NotFound: 404,
+    Conflict: 409,
+    StaleAttempt: 409,
+    TierNotConfigured: 501,
+    WeightsNotFound: 503,
+    Canceled: 409,
+    SignatureError: 403,
+}
+
+
+class Unauthorized(KontextError):
+    code = "unauthorized"
+
+
+EXCEPTION_STATUS[Unauthorized] = 401
+
+
+def status_for(exc: Exception) -> int:
+    explicit = getattr(exc, "http_status", None)
+    if isinstance(explicit, int):
+        return explicit
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_STATUS:
+            return EXCEPTION_STATUS[cls]
+    return 500
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra: object) -> JSONResponse:
+    body = {"type": f"https://kontext.studio/problems/{code}", "title": title, "status": status,
+            "detail": detail, "code": code, **extra}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+async def kontext_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    status = status_for(exc)
+    code = getattr(exc, "code", "error")
+    field = getattr(exc, "field", None)
+    return problem(status, type(exc).__name__, str(exc), code, **({"field": field} if field else {}))
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return problem(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid request')}", "invalid_request",
+                   field=where or None)

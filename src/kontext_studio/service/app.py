@@ -1,0 +1,300 @@
+"""``create_app``: the one composition root of the HTTP service (tests pass their own parts)."""
+
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.errors import InvalidRequest, KontextError
+from kontext_studio.core.registry import TIERS, get_tier
+from kontext_studio.service.accounts.accounts_common import UserRecord
+from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
+from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, make_session_factory, utcnow
+from kontext_studio.service.inputs import normalize_input
+from kontext_studio.service.jobs.jobs_sql import JobStore
+from kontext_studio.service.jobs.worker import InProcessWorker
+from kontext_studio.service.security.uploads import MEDIA_TYPES, sniff_image
+from kontext_studio.service.storage.signed_urls import UrlSigner
+from kontext_studio.service.storage.storage_base import Storage
+
+BFL_STATUS = {"starting": "Pending", "processing": "Pending", "succeeded": "Ready", "failed": "Error",
+              "canceled": "Error", "aborted": "Error"}
+MODEL_NAMES = {f"flux-kontext-{t}": t for t in TIERS}
+MAX_UPLOAD = 20 * 2**20
+FILE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass
+class Services:
+    """The parts the routes use; built by ``create_app``'s caller."""
+
+    accounts: SqlAccounts
+    jobs: JobStore
+    storage: Storage
+    signer: UrlSigner
+    editor: Editor
+    local_user_id: int | None = None  # set in local single-user mode: loopback requests without a key
+
+
+class PredictionIn(BaseModel):
+    model: str | None = None
+    version: str | None = None
+    input: dict[str, Any]
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = Field(default=None)
+
+
+def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, free: bool = False,
+               local_user_id: int | None = None, start_worker: bool = True) -> FastAPI:
+    """Build the service.
+
+    Args:
+        engine: SQLAlchemy engine of a migrated database.
+        storage: file storage for uploads and outputs.
+        editor: the engine that runs jobs (its backends decide what a tier does).
+        secret: server secret for signed file URLs.
+        free: switch credit prices off (private installs).
+        local_user_id: the user that loopback requests without a key act as (single-user mode).
+        start_worker: run the in-process worker (off in tests that drive jobs by hand).
+    """
+    sessions = make_session_factory(engine)
+    accounts = SqlAccounts(sessions, free=free)
+    worker_box: dict[str, InProcessWorker] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if start_worker:
+            worker_box["w"].start()
+        try:
+            yield
+        finally:
+            if start_worker:
+                worker_box["w"].stop()
+
+    app = FastAPI(title="Kontext Studio", version="0.1.0", lifespan=lifespan,
+                  description="Reference-image editing on FLUX.1 Kontext: Replicate-style predictions and a "
+                              "BFL-compatible shim.")
+
+    def on_change(job_id: str) -> None:
+        if "w" in worker_box:
+            worker_box["w"].wake()
+
+    jobs = JobStore(sessions, accounts, on_change=on_change)
+    services = Services(accounts, jobs, storage, UrlSigner(secret), editor, local_user_id)
+    app.state.services = services
+    worker = InProcessWorker(jobs, editor, storage)
+    worker_box["w"] = worker
+    app.state.worker = worker
+    app.add_exception_handler(KontextError, kontext_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+
+    def current_user(request: Request, authorization: Annotated[str | None, Header()] = None,
+                     x_key: Annotated[str | None, Header()] = None) -> UserRecord:
+        token = x_key or (authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer "
+                          else None)
+        if token:
+            user = accounts.authenticate(token)
+            if user is None:
+                raise Unauthorized("the API key is unknown or revoked")
+            return user
+        client = request.client.host if request.client else ""
+        if services.local_user_id is not None and client in ("127.0.0.1", "::1", "testclient"):
+            return accounts.get_user(services.local_user_id)
+        raise Unauthorized("send an API key: Authorization: Bearer ks_... (or x-key for the BFL routes)")
+
+    User = Annotated[UserRecord, Depends(current_user)]
+
+    def file_url(request: Request, key: str) -> str:
+        expires, sig = services.signer.sign(key)
+        return str(request.url_for("get_file", key=key).include_query_params(expires=expires, sig=sig))
+
+    def envelope(request: Request, job: Job) -> dict[str, Any]:
+        out = job.output or {}
+        files = out.get("files") or []
+        pid = job.id
+        metrics: dict[str, Any] = {}
+        if job.started_at and job.completed_at:
+            metrics["predict_time"] = (job.completed_at - job.started_at).total_seconds()
+        if job.completed_at:
+            metrics["total_time"] = (job.completed_at - job.created_at).total_seconds()
+        return {
+            "id": pid, "model": job.model, "version": "local", "status": job.status,
+            "input": {k: v for k, v in job.input.items() if k != "images"} | {"images": job.input.get("images")},
+            "output": file_url(request, files[0]) if files else None,
+            "error": job.error, "logs": job.logs or "", "metrics": metrics, "progress": job.progress,
+            "cost": job.cost,
+            "created_at": job.created_at.isoformat(), "started_at": job.started_at and job.started_at.isoformat(),
+            "completed_at": job.completed_at and job.completed_at.isoformat(),
+            "urls": {"get": str(request.url_for("get_prediction", prediction_id=pid)),
+                     "cancel": str(request.url_for("cancel_prediction", prediction_id=pid))},
+            "result": {k: out.get(k) for k in ("seed", "warnings", "identity", "pixel_lock", "recipe")} if out
+            else None,
+        }
+
+    async def wait_for(user_id: int, job_id: str, seconds: float) -> Job:
+        deadline = time.monotonic() + seconds
+        while True:
+            job = jobs.get(user_id, job_id)
+            if job.status in TERMINAL_JOB_STATUSES or time.monotonic() >= deadline:
+                return job
+            await asyncio.sleep(0.05)
+
+    def _prefer_wait(prefer: str | None) -> float | None:
+        if not prefer or not prefer.strip().lower().startswith("wait"):
+            return None
+        _, _, n = prefer.partition("=")
+        try:
+            return max(0.0, min(60.0, float(n))) if n else 60.0
+        except ValueError:
+            return 60.0
+
+    def _deadline(cancel_after: str | None) -> Any:
+        if not cancel_after:
+            return None
+        text = cancel_after.strip().lower()
+        units = {"s": 1, "m": 60, "h": 3600}
+        try:
+            seconds = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+        except (ValueError, KeyError):
+            raise InvalidRequest(f"Cancel-After must look like 60s, 5m or 1h; got {cancel_after!r}",
+                                 field="Cancel-After") from None
+        return utcnow() + timedelta(seconds=seconds)
+
+    async def _create(request: Request, user: UserRecord, tier: str, body: PredictionIn,
+                      prefer: str | None, idem: str | None, cancel_after: str | None,
+                      job_id: str | None = None) -> JSONResponse:
+        spec = get_tier(tier)
+        editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
+        normalized = await asyncio.to_thread(normalize_input, body.input, tier, storage)
+        price = 0 if free else spec.price_credits
+        new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
+                                      webhook=body.webhook, events=body.webhook_events_filter,
+                                      idempotency_key=idem, deadline=_deadline(cancel_after), job_id=job_id)
+        wait = _prefer_wait(prefer)
+        job = await wait_for(user.id, new_id, wait) if wait else jobs.get(user.id, new_id)
+        return JSONResponse(envelope(request, job), status_code=201 if created else 200)
+
+    def _tier_of(model: str | None) -> str:
+        name = (model or "flux-kontext-dev").split("/")[-1]
+        if name not in MODEL_NAMES:
+            raise InvalidRequest(f"model must be one of {', '.join(MODEL_NAMES)}; got {model!r}", field="model")
+        return MODEL_NAMES[name]
+
+    @app.post("/v1/predictions", status_code=201)
+    async def create_prediction(request: Request, body: PredictionIn, user: User,
+                                prefer: Annotated[str | None, Header()] = None,
+                                idempotency_key: Annotated[str | None, Header()] = None,
+                                cancel_after: Annotated[str | None, Header()] = None) -> JSONResponse:
+        return await _create(request, user, _tier_of(body.model), body, prefer, idempotency_key, cancel_after)
+
+    @app.post("/v1/models/{owner}/{name}/predictions", status_code=201)
+    async def create_model_prediction(request: Request, owner: str, name: str, body: PredictionIn, user: User,
+                                      prefer: Annotated[str | None, Header()] = None,
+                                      idempotency_key: Annotated[str | None, Header()] = None,
+                                      cancel_after: Annotated[str | None, Header()] = None) -> JSONResponse:
+        return await _create(request, user, _tier_of(name), body, prefer, idempotency_key, cancel_after)
+
+    @app.put("/v1/predictions/{prediction_id}")
+    async def put_prediction(request: Request, prediction_id: str, body: PredictionIn, user: User,
+                             prefer: Annotated[str | None, Header()] = None) -> JSONResponse:
+        if not 8 <= len(prediction_id) <= 32 or not prediction_id.isalnum():
+            raise InvalidRequest("prediction id must be 8-32 letters or digits", field="id")
+        return await _create(request, user, _tier_of(body.model), body, prefer, None, None,
+                             job_id=prediction_id.lower())
+
+    @app.get("/v1/predictions/{prediction_id}", name="get_prediction")
+    def get_prediction(request: Request, prediction_id: str, user: User) -> dict[str, Any]:
+        return envelope(request, jobs.get(user.id, prediction_id))
+
+    @app.get("/v1/predictions")
+    def list_predictions(request: Request, user: User, limit: int = 50) -> dict[str, Any]:
+        items = jobs.list(user.id, limit=max(1, min(100, limit)))
+        return {"results": [envelope(request, j) for j in items], "next": None}
+
+    @app.post("/v1/predictions/{prediction_id}/cancel", name="cancel_prediction")
+    def cancel_prediction(request: Request, prediction_id: str, user: User) -> dict[str, Any]:
+        jobs.cancel(user.id, prediction_id)
+        return envelope(request, jobs.get(user.id, prediction_id))
+
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        out = []
+        for name, tier in MODEL_NAMES.items():
+            spec = TIERS[tier]
+            try:
+                editor.backend_for(spec)
+                ready, missing = True, None
+            except KontextError as exc:
+                ready, missing = False, str(exc)
+            out.append({"name": name, "owner": "black-forest-labs", "tier": tier, "title": spec.title,
+                        "credits": 0 if free else spec.price_credits, "max_references": spec.max_references,
+                        "default_steps": spec.steps, "description": spec.description, "trades": spec.trades,
+                        "configured": ready, "missing": missing})
+        return {"results": out}
+
+    @app.get("/v1/account")
+    def account(user: User) -> dict[str, Any]:
+        bal = accounts.balance(user.id)
+        return {"id": user.id, "email": user.email, "credits": {"available": bal.available, "held": bal.held},
+                "free": free}
+
+    @app.post("/v1/files", status_code=201)
+    async def upload_file(request: Request, user: User) -> dict[str, Any]:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_UPLOAD:
+                raise InvalidRequest(f"the upload is over {MAX_UPLOAD // 2**20} MB", field="file")
+        kind = sniff_image(bytes(data))
+        key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
+        storage.put(key, bytes(data))
+        return {"id": f"file:{key}", "content_type": MEDIA_TYPES[kind], "size": len(data),
+                "urls": {"get": file_url(request, key)}}
+
+    @app.get("/v1/files/{key:path}", name="get_file")
+    def get_file(key: str, expires: int, sig: str) -> Response:
+        services.signer.verify(key, expires, sig)
+        data = storage.get(key)
+        kind = key.rsplit(".", 1)[-1]
+        media = FILE_TYPES.get(kind, "application/octet-stream")
+        return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+                                                          "Cache-Control": "private, max-age=600"})
+
+    # -- BFL-compatible shim ------------------------------------------------------------------------
+    @app.post("/v1/flux-kontext-{tier}")
+    async def bfl_submit(request: Request, tier: str, user: User) -> dict[str, Any]:
+        raw = await request.json()
+        if not isinstance(raw, dict):
+            raise InvalidRequest("the body must be a JSON object", field="body")
+        fields = {k: v for k, v in raw.items() if k not in ("webhook_url", "webhook_secret")}
+        body = PredictionIn(model=f"flux-kontext-{tier}", input=fields, webhook=raw.get("webhook_url"))
+        resp = await _create(request, user, _tier_of(f"flux-kontext-{tier}"), body, None, None, None)
+        pid = json.loads(bytes(resp.body))["id"]
+        return {"id": pid, "polling_url": str(request.url_for("bfl_get_result").include_query_params(id=pid))}
+
+    @app.get("/v1/get_result", name="bfl_get_result")
+    def bfl_get_result(request: Request, id: str, user: User) -> dict[str, Any]:
+        try:
+            job = jobs.get(user.id, id)
+        except KontextError:
+            return {"id": id, "status": "Task not found", "result": None, "progress": None}
+        env = envelope(request, job)
+        result = {"sample": env["output"], "seed": (job.output or {}).get("seed")} if job.status == "succeeded" \
+            else None
+        return {"id": id, "status": BFL_STATUS[job.status], "result": result, "progress": job.progress,
+                "error": job.error}
+
+    return app

@@ -1,0 +1,119 @@
+"""Prediction inputs (BFL field names plus ours) → stored references → ``EditRequest``.
+
+Validation happens at submit, before any credit is held or job queued: images are sniffed and stored
+by content hash, every field is checked by building the EditRequest once. The worker rebuilds the same
+request from the stored input, so a job survives a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any
+
+from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.registry import get_tier
+from kontext_studio.core.types import EditRequest, Reference
+from kontext_studio.service.security.uploads import sniff_image
+from kontext_studio.service.storage.storage_base import Storage
+
+IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format", "safety_tolerance",
+                "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
+                "identity_guard", "candidates", "pixel_lock"}
+FILE_PREFIX = "file:"
+MAX_IMAGE_BYTES = 20 * 2**20
+
+
+def _decode_image(value: Any, field: str, storage: Storage) -> str:
+    """A stored reference key for a data URL / base64 string / uploaded file reference."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
+    if value.startswith(FILE_PREFIX) or value.startswith("uploads/"):
+        key = value.removeprefix(FILE_PREFIX)
+        if not key.startswith("uploads/") or not storage.exists(key):
+            raise InvalidRequest(f"{field}: no uploaded file {value!r}; upload it with POST /v1/files", field=field)
+        return key
+    if value.startswith(("http://", "https://")):
+        raise InvalidRequest(f"{field}: image URLs are switched off on this server; send the image as a data "
+                             "URL or upload it with POST /v1/files", field=field)
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field}: not valid base64 image data", field=field) from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidRequest(f"{field}: the image is over {MAX_IMAGE_BYTES // 2**20} MB", field=field)
+    kind = sniff_image(data)
+    key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
+    if not storage.exists(key):
+        storage.put(key, data)
+    return key
+
+
+def normalize_input(raw: Any, tier: str, storage: Storage) -> dict[str, Any]:
+    """Check an input object and replace its images with stored keys.
+
+    Raises:
+        InvalidRequest: the field, the value and the fix (HTTP 422).
+    """
+    if not isinstance(raw, dict):
+        raise InvalidRequest("input must be a JSON object with at least prompt and input_image", field="input")
+    unknown = sorted(set(raw) - KNOWN_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"input: unknown field(s) {', '.join(unknown)}; accepted: "
+                             f"{', '.join(sorted(KNOWN_FIELDS))}",
+                             field="input")
+    body = {k: v for k, v in raw.items() if k not in IMAGE_FIELDS and v is not None}
+    images = [raw.get(f) for f in IMAGE_FIELDS]
+    if not images[0]:
+        raise InvalidRequest("input_image: the reference image is required", field="input_image")
+    body["images"] = [_decode_image(v, f, storage) for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
+    to_request(body, tier, storage, check_only=True).validate()
+    return body
+
+
+def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bool = False) -> EditRequest:
+    """The EditRequest a stored input describes (images read from storage unless ``check_only``)."""
+    get_tier(tier)
+    roles = body.get("roles") or []
+    if not isinstance(roles, list):
+        raise InvalidRequest("roles: give a list, one role per image", field="roles")
+    refs = [Reference(key if check_only else storage.get(key), roles[i] if i < len(roles) else None)
+            for i, key in enumerate(body["images"])]
+    try:
+        return EditRequest(
+            references=refs, instruction=str(body.get("prompt") or ""), tier=tier,
+            aspect_ratio=str(body.get("aspect_ratio") or "match_input_image"),
+            seed=_int(body, "seed"), steps=_int(body, "num_inference_steps"),
+            guidance=_float(body, "guidance"), output_format=str(body.get("output_format") or "png"),
+            strategy=str(body.get("strategy") or "stitch"), geometry=str(body.get("geometry") or "lock"),
+            identity_guard=_float(body, "identity_guard"), candidates=_int(body, "candidates") or 1,
+            pixel_lock=str(body.get("pixel_lock") or "auto"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"input: {exc}", field="input") from None
+
+
+def _int(body: dict[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+        raise InvalidRequest(f"{key} must be an integer, got {v!r}", field=key)
+    return int(v)
+
+
+def _float(body: dict[str, Any], key: str) -> float | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InvalidRequest(f"{key} must be a number, got {v!r}", field=key)
+    return float(v)
+
+
+def data_url(data: bytes, kind: str = "png") -> str:
+    """A data URL for ``data`` (tests and clients)."""
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()

@@ -1,0 +1,1 @@
+"""The job lifecycle: submit (with a credit hold), claim with a lease, progress, fenced completion."""

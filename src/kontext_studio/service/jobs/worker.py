@@ -1,0 +1,106 @@
+"""The in-process worker: claims jobs from the store and runs them on the warm engine.
+
+One thread, one job at a time (one GPU). Cancellation is cooperative: the engine polls between denoising
+steps, and a job canceled through the API stops at the next step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.errors import Canceled, KontextError
+from kontext_studio.service.inputs import to_request
+from kontext_studio.service.jobs.jobs_common import StaleAttempt
+from kontext_studio.service.jobs.jobs_sql import Claim, JobStore
+from kontext_studio.service.storage.storage_base import Storage
+
+logger = logging.getLogger("kontext_studio.worker")
+
+
+class InProcessWorker:
+    """Runs queued jobs in a background thread.
+
+    Args:
+        store: the job store.
+        editor: the warm engine.
+        storage: where inputs are read and outputs written.
+        worker_id: name recorded on claimed jobs.
+        poll_seconds: idle wait between queue checks (a submit wakes the worker at once).
+    """
+
+    def __init__(self, store: JobStore, editor: Editor, storage: Storage, worker_id: str = "local",
+                 poll_seconds: float = 0.5):
+        self.store, self.editor, self.storage = store, editor, storage
+        self.worker_id, self.poll = worker_id, poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.store.requeue_interrupted()  # jobs a restart interrupted run again, never forgotten
+        self._thread = threading.Thread(target=self._loop, name="kontext-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claim = self.store.claim(self.worker_id)
+            except Exception:
+                logger.exception("claim failed")
+                claim = None
+            if claim is None:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+                continue
+            self.run(claim)
+
+    def run(self, claim: Claim) -> None:
+        """Execute one claimed job to its end (success, failure, or cancel)."""
+        canceled = threading.Event()
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase == "done" or total <= 0:
+                return
+            frac = done / total if phase.startswith(("denoise", "candidate")) else 0.0
+            if not self.store.progress(claim, frac):
+                canceled.set()
+
+        try:
+            request = to_request(claim.input, claim.tier, self.storage)
+            result = self.editor.edit(request, on_progress=on_progress, cancel=canceled.is_set)
+            suffix = {"jpeg": ".jpg", "webp": ".webp"}.get(result.output_format.value, ".png")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = result.save(Path(tmp) / f"out{suffix}")
+                key = f"outputs/{claim.job_id}/{claim.attempt}{suffix}"
+                self.storage.put(key, path.read_bytes())
+            output: dict[str, Any] = {"files": [key], **result.summary()}
+            try:
+                self.store.succeed(claim, output)
+            except StaleAttempt:
+                self.storage.delete(key)  # canceled or reaped meanwhile: this attempt's output is void
+        except Canceled:
+            logger.info("prediction %s canceled", claim.job_id)
+        except KontextError as exc:
+            self._fail(claim, str(exc))
+        except Exception as exc:
+            logger.exception("prediction %s crashed", claim.job_id)
+            self._fail(claim, f"internal error: {exc.__class__.__name__}")
+
+    def _fail(self, claim: Claim, message: str) -> None:
+        with contextlib.suppress(StaleAttempt):  # canceled or reaped meanwhile: nothing to record
+            self.store.fail(claim, message)
