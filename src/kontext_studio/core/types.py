@@ -170,6 +170,9 @@ class EditRequest:
                 f"guidance must be between 0 and 20 (Kontext default 2.5), got {self.guidance}",
                 field="guidance",
             )
+        from kontext_studio.core.resolution import parse_aspect_ratio  # resolution imports this module
+
+        parse_aspect_ratio(self.aspect_ratio)
         if self.identity_guard is not None and not 0.0 < float(self.identity_guard) <= 1.0:
             raise InvalidRequest(
                 f"identity_guard is a similarity between 0 and 1 (0.5 = same-person threshold), got "
