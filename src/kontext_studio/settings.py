@@ -26,6 +26,11 @@ class Settings:
         bfl_api_key: key for the hosted Pro/Max tiers (``BFL_API_KEY``).
         face_model: an ArcFace-class ONNX model for identity scores instead of dlib's
             (``KONTEXT_FACE_MODEL``).
+        database_url: the service database (``KONTEXT_DATABASE_URL``; default SQLite in ``home``).
+        broker_url: Redis URL for Celery workers (``KONTEXT_BROKER_URL``); unset: in-process worker.
+        secret: server secret for signed URLs (``KONTEXT_SECRET``; default a random one kept in ``home``).
+        free: switch credit prices off for a private install (``KONTEXT_FREE``).
+        local_credits: credits granted to the local admin created on first start (``KONTEXT_LOCAL_CREDITS``).
     """
 
     model: str | None = None
@@ -38,6 +43,11 @@ class Settings:
     allow_download: bool = True
     bfl_api_key: str | None = None
     face_model: str | None = None
+    database_url: str | None = None
+    broker_url: str | None = None
+    secret: str | None = None
+    free: bool = False
+    local_credits: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,4 +64,13 @@ class Settings:
             allow_download=not offline and e.get("KONTEXT_ALLOW_DOWNLOAD", "1").lower() in _TRUE,
             bfl_api_key=e.get("BFL_API_KEY") or None,
             face_model=e.get("KONTEXT_FACE_MODEL") or None,
+            database_url=e.get("KONTEXT_DATABASE_URL") or None,
+            broker_url=e.get("KONTEXT_BROKER_URL") or None,
+            secret=e.get("KONTEXT_SECRET") or None,
+            free=e.get("KONTEXT_FREE", "").lower() in _TRUE,
+            local_credits=int(e.get("KONTEXT_LOCAL_CREDITS", "1000")),
         )
+
+    @property
+    def service_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'kontext.db'}"

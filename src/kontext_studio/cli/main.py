@@ -422,6 +422,107 @@ def pixel_lock_cmd(
               highlight=False)
 
 
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 is single-user mode.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    fake_backend: Annotated[bool, typer.Option(help="Run every tier on the FAKE backend (test patterns, no "
+                                               "model): for trying the API and UI only.")] = False,
+    model: ModelOpt = None,
+    base: BaseOpt = None,
+    device: DeviceOpt = None,
+    memory_mode: MemoryOpt = None,
+) -> None:
+    """Start the Kontext Studio service (API; jobs run on the warm engine in-process)."""
+    import uvicorn
+
+    from kontext_studio.core.engine import Editor
+    from kontext_studio.service.server import build_app
+
+    settings = _settings(model, base, device, memory_mode)
+
+    def editor_factory() -> Editor:
+        if fake_backend:
+            from kontext_studio.core.backends.fake import FakeBackend
+
+            err.print("[yellow]fake backend:[/] outputs are test patterns, not edits")
+            return Editor({"fake": FakeBackend()})
+        return build_editor(settings, on_status=lambda m: err.print(m))
+
+    application = build_app(settings, host, editor_factory, say=lambda m: out.print(m, highlight=False))
+    out.print(f"Kontext Studio API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+admin = typer.Typer(help="Users, API keys and credits of the service database.", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+
+
+def _accounts() -> Any:
+    from kontext_studio.service.accounts import SqlAccounts
+    from kontext_studio.service.db import make_engine, make_session_factory, upgrade
+
+    settings = Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.service_database_url)
+    upgrade(engine)
+    return SqlAccounts(make_session_factory(engine), free=settings.free)
+
+
+def _user(accounts: Any, email: str) -> Any:
+    user = accounts.get_user_by_email(email)
+    if user is None:
+        raise InvalidRequest(f"no user {email!r}; create it with: kontext admin create-user {email}", field="email")
+    return user
+
+
+@admin.command("create-user")
+@handles_errors
+def admin_create_user(
+    email: Annotated[str, typer.Argument(help="The user's email (their login name).")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    is_admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
+    credits: Annotated[int, typer.Option(help="Credits to grant now.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user and their first API key (shown once)."""
+    accounts = _accounts()
+    user = accounts.create_user(email, name, is_admin=is_admin)
+    if credits:
+        accounts.grant(user.id, credits)
+    key, _ = accounts.create_api_key(user.id, "first key")
+    if as_json:
+        print_json({"user_id": user.id, "email": email, "api_key": key, "credits": credits})
+        return
+    out.print(f"created {email} (id {user.id}) with {credits} credits\nAPI key (shown once): {key}", highlight=False)
+
+
+@admin.command("create-key")
+@handles_errors
+def admin_create_key(email: str, name: Annotated[str, typer.Option(help="Label for the key.")] = "",
+                     as_json: JsonOpt = False) -> None:
+    """Create another API key for a user (shown once)."""
+    accounts = _accounts()
+    key, record = accounts.create_api_key(_user(accounts, email).id, name)
+    if as_json:
+        print_json({"api_key": key, "prefix": record.prefix})
+        return
+    out.print(f"API key (shown once): {key}", highlight=False)
+
+
+@admin.command("grant")
+@handles_errors
+def admin_grant(email: str, credits: int, as_json: JsonOpt = False) -> None:
+    """Grant credits to a user."""
+    accounts = _accounts()
+    balance = accounts.grant(_user(accounts, email).id, credits)
+    if as_json:
+        print_json({"available": balance.available, "held": balance.held})
+        return
+    out.print(f"{email}: {balance.available} credits available ({balance.held} held)", highlight=False)
+
+
 @app.command("build-tiny-model")
 @handles_errors
 def build_tiny_model_cmd(

@@ -2,8 +2,10 @@
 
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kontext_studio.core.engine import Editor
@@ -26,9 +28,11 @@ from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, make_session_f
 from kontext_studio.service.inputs import normalize_input
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.worker import InProcessWorker
-from kontext_studio.service.security.uploads import MEDIA_TYPES, sniff_image
+from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked, safe_client
+from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited, sniff_image
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
+from kontext_studio.service.webhooks import WebhookOutbox, WebhookSender
 
 BFL_STATUS = {"starting": "Pending", "processing": "Pending", "succeeded": "Ready", "failed": "Error",
               "canceled": "Error", "aborted": "Error"}
@@ -49,6 +53,16 @@ class Services:
     local_user_id: int | None = None  # set in local single-user mode: loopback requests without a key
 
 
+def webhook_secret(secret: bytes) -> str:
+    """The Standard Webhooks secret (``whsec_``...) derived from the server secret."""
+    key = hmac.new(secret, b"kontext-studio webhooks", hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(key).decode()
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
 class PredictionIn(BaseModel):
     model: str | None = None
     version: str | None = None
@@ -58,7 +72,8 @@ class PredictionIn(BaseModel):
 
 
 def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, free: bool = False,
-               local_user_id: int | None = None, start_worker: bool = True) -> FastAPI:
+               local_user_id: int | None = None, start_worker: bool = True, public_url: str = "http://127.0.0.1:8000",
+               webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False) -> FastAPI:
     """Build the service.
 
     Args:
@@ -69,13 +84,25 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         free: switch credit prices off (private installs).
         local_user_id: the user that loopback requests without a key act as (single-user mode).
         start_worker: run the in-process worker (off in tests that drive jobs by hand).
+        public_url: how clients reach this server (used in webhook payloads, which have no request).
+        webhook_policy, allow_http_webhooks: which webhook targets are acceptable (default: public https
+            only; tests widen it to a local receiver).
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
     worker_box: dict[str, InProcessWorker] = {}
+    signer = UrlSigner(secret)
+    base_url = public_url.rstrip("/")
+    outbox = WebhookOutbox(
+        sessions, webhook_secret(secret),
+        client_factory=lambda: safe_client(allow_http=allow_http_webhooks, policy=webhook_policy),
+        payload_for=lambda job: envelope(base_url, job),
+    )
+    sender = WebhookSender(outbox)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sender.start()
         if start_worker:
             worker_box["w"].start()
         try:
@@ -83,6 +110,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         finally:
             if start_worker:
                 worker_box["w"].stop()
+            sender.stop()
 
     app = FastAPI(title="Kontext Studio", version="0.1.0", lifespan=lifespan,
                   description="Reference-image editing on FLUX.1 Kontext: Replicate-style predictions and a "
@@ -91,9 +119,20 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     def on_change(job_id: str) -> None:
         if "w" in worker_box:
             worker_box["w"].wake()
+        try:
+            job = jobs.get(None, job_id)
+        except KontextError:
+            return
+        if job.webhook:
+            event = "completed" if job.status in TERMINAL_JOB_STATUSES else (
+                "start" if job.status == "processing" else None)
+            if event:
+                outbox.notify(job_id, event, envelope(base_url, job))
+            if job.status == "succeeded":
+                outbox.notify(job_id, "output", envelope(base_url, job))
 
     jobs = JobStore(sessions, accounts, on_change=on_change)
-    services = Services(accounts, jobs, storage, UrlSigner(secret), editor, local_user_id)
+    services = Services(accounts, jobs, storage, signer, editor, local_user_id)
     app.state.services = services
     worker = InProcessWorker(jobs, editor, storage)
     worker_box["w"] = worker
@@ -117,32 +156,33 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
 
     User = Annotated[UserRecord, Depends(current_user)]
 
-    def file_url(request: Request, key: str) -> str:
-        expires, sig = services.signer.sign(key)
-        return str(request.url_for("get_file", key=key).include_query_params(expires=expires, sig=sig))
+    def file_url(base: str, key: str) -> str:
+        expires, sig = signer.sign(key)
+        return f"{base}/v1/files/{key}?expires={expires}&sig={sig}"
 
-    def envelope(request: Request, job: Job) -> dict[str, Any]:
+    def envelope(base: str, job: Job) -> dict[str, Any]:
         out = job.output or {}
         files = out.get("files") or []
-        pid = job.id
         metrics: dict[str, Any] = {}
         if job.started_at and job.completed_at:
             metrics["predict_time"] = (job.completed_at - job.started_at).total_seconds()
         if job.completed_at:
             metrics["total_time"] = (job.completed_at - job.created_at).total_seconds()
         return {
-            "id": pid, "model": job.model, "version": "local", "status": job.status,
-            "input": {k: v for k, v in job.input.items() if k != "images"} | {"images": job.input.get("images")},
-            "output": file_url(request, files[0]) if files else None,
+            "id": job.id, "model": job.model, "version": "local", "status": job.status,
+            "input": dict(job.input), "output": file_url(base, files[0]) if files else None,
             "error": job.error, "logs": job.logs or "", "metrics": metrics, "progress": job.progress,
             "cost": job.cost,
             "created_at": job.created_at.isoformat(), "started_at": job.started_at and job.started_at.isoformat(),
             "completed_at": job.completed_at and job.completed_at.isoformat(),
-            "urls": {"get": str(request.url_for("get_prediction", prediction_id=pid)),
-                     "cancel": str(request.url_for("cancel_prediction", prediction_id=pid))},
+            "urls": {"get": f"{base}/v1/predictions/{job.id}", "cancel": f"{base}/v1/predictions/{job.id}/cancel",
+                     "stream": f"{base}/v1/predictions/{job.id}/stream"},
             "result": {k: out.get(k) for k in ("seed", "warnings", "identity", "pixel_lock", "recipe")} if out
             else None,
         }
+
+    def base_of(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
 
     async def wait_for(user_id: int, job_id: str, seconds: float) -> Job:
         deadline = time.monotonic() + seconds
@@ -177,6 +217,9 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                       prefer: str | None, idem: str | None, cancel_after: str | None,
                       job_id: str | None = None) -> JSONResponse:
         spec = get_tier(tier)
+        if body.webhook:  # refused up front, not at delivery time
+            await asyncio.to_thread(resolve_checked, body.webhook, allow_http=allow_http_webhooks,
+                                    policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
         normalized = await asyncio.to_thread(normalize_input, body.input, tier, storage)
         price = 0 if free else spec.price_credits
@@ -185,7 +228,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                                       idempotency_key=idem, deadline=_deadline(cancel_after), job_id=job_id)
         wait = _prefer_wait(prefer)
         job = await wait_for(user.id, new_id, wait) if wait else jobs.get(user.id, new_id)
-        return JSONResponse(envelope(request, job), status_code=201 if created else 200)
+        return JSONResponse(envelope(base_of(request), job), status_code=201 if created else 200)
 
     def _tier_of(model: str | None) -> str:
         name = (model or "flux-kontext-dev").split("/")[-1]
@@ -217,17 +260,45 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
 
     @app.get("/v1/predictions/{prediction_id}", name="get_prediction")
     def get_prediction(request: Request, prediction_id: str, user: User) -> dict[str, Any]:
-        return envelope(request, jobs.get(user.id, prediction_id))
+        return envelope(base_of(request), jobs.get(user.id, prediction_id))
+
+    @app.get("/v1/predictions/{prediction_id}/stream")
+    async def stream_prediction(request: Request, prediction_id: str, user: User) -> StreamingResponse:
+        """Server-sent events: ``start``, ``progress``, ``output``, ``completed``."""
+        jobs.get(user.id, prediction_id)  # 404 before the stream opens
+
+        async def events() -> AsyncIterator[str]:
+            last: tuple[str, float] | None = None
+            while True:
+                job = jobs.get(user.id, prediction_id)
+                state = (job.status, round(job.progress, 3))
+                if state != last:
+                    if last is None or (last[0] == "starting" and job.status != "starting"):
+                        yield _sse("start", {"id": job.id, "status": job.status})
+                    yield _sse("progress", {"id": job.id, "status": job.status, "progress": job.progress})
+                    last = state
+                if job.status in TERMINAL_JOB_STATUSES:
+                    env = envelope(base_of(request), job)
+                    if env["output"]:
+                        yield _sse("output", {"output": env["output"]})
+                    yield _sse("completed", env)
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/predictions")
     def list_predictions(request: Request, user: User, limit: int = 50) -> dict[str, Any]:
         items = jobs.list(user.id, limit=max(1, min(100, limit)))
-        return {"results": [envelope(request, j) for j in items], "next": None}
+        return {"results": [envelope(base_of(request), j) for j in items], "next": None}
 
     @app.post("/v1/predictions/{prediction_id}/cancel", name="cancel_prediction")
     def cancel_prediction(request: Request, prediction_id: str, user: User) -> dict[str, Any]:
         jobs.cancel(user.id, prediction_id)
-        return envelope(request, jobs.get(user.id, prediction_id))
+        return envelope(base_of(request), jobs.get(user.id, prediction_id))
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:
@@ -253,16 +324,13 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
 
     @app.post("/v1/files", status_code=201)
     async def upload_file(request: Request, user: User) -> dict[str, Any]:
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_UPLOAD:
-                raise InvalidRequest(f"the upload is over {MAX_UPLOAD // 2**20} MB", field="file")
+        check_content_length(request.headers.get("content-length"), MAX_UPLOAD)
+        data = await read_limited(request.stream(), MAX_UPLOAD)  # stops at the cap: 413, nothing stored
         kind = sniff_image(bytes(data))
         key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
         storage.put(key, bytes(data))
         return {"id": f"file:{key}", "content_type": MEDIA_TYPES[kind], "size": len(data),
-                "urls": {"get": file_url(request, key)}}
+                "urls": {"get": file_url(base_of(request), key)}}
 
     @app.get("/v1/files/{key:path}", name="get_file")
     def get_file(key: str, expires: int, sig: str) -> Response:
@@ -291,7 +359,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             job = jobs.get(user.id, id)
         except KontextError:
             return {"id": id, "status": "Task not found", "result": None, "progress": None}
-        env = envelope(request, job)
+        env = envelope(base_of(request), job)
         result = {"sample": env["output"], "seed": (job.output or {}).get("seed")} if job.status == "succeeded" \
             else None
         return {"id": id, "status": BFL_STATUS[job.status], "result": result, "progress": job.progress,

@@ -1,0 +1,109 @@
+"""Starting the service on one machine: database, secret, local admin, app, uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.errors import KontextError
+from kontext_studio.service.accounts import SqlAccounts
+from kontext_studio.service.db import make_engine, make_session_factory, upgrade
+from kontext_studio.settings import Settings
+
+LOCAL_ADMIN = "admin@localhost"
+
+
+class UnsafeBind(KontextError):
+    """Serving on a public address with no account to authenticate against."""
+
+    code = "unsafe_bind"
+    exit_code = 2
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_secret(settings: Settings) -> bytes:
+    """``KONTEXT_SECRET``, or a random secret created once in the data folder (mode 0600)."""
+    if settings.secret:
+        return settings.secret.encode()
+    path = settings.home / "secret.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class Prepared:
+    engine: Any
+    accounts: SqlAccounts
+    local_user_id: int | None
+    new_key: str | None
+
+
+def prepare(settings: Settings, host: str) -> Prepared:
+    """Migrate the database; in local mode make sure the local admin exists (and hand out its first key).
+
+    Raises:
+        UnsafeBind: a non-loopback host while no user exists to authenticate.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.service_database_url)
+    upgrade(engine)
+    accounts = SqlAccounts(make_session_factory(engine), free=settings.free)
+    if not is_loopback(host):
+        if accounts.get_user_by_email(LOCAL_ADMIN) is None and not _any_user(engine):
+            raise UnsafeBind(
+                f"refusing to serve on {host} with no accounts: anyone on the network could spend credits. "
+                "Create a user and key first (kontext admin create-user you@example.com --admin), or serve on "
+                "127.0.0.1 for single-user mode."
+            )
+        return Prepared(engine, accounts, None, None)
+    admin = accounts.get_user_by_email(LOCAL_ADMIN)
+    new_key = None
+    if admin is None:
+        admin = accounts.create_user(LOCAL_ADMIN, "Local admin", is_admin=True)
+        if settings.local_credits and not settings.free:
+            accounts.grant(admin.id, settings.local_credits)
+        new_key, _ = accounts.create_api_key(admin.id, "first key")
+    return Prepared(engine, accounts, admin.id, new_key)
+
+
+def _any_user(engine: Any) -> bool:
+    from sqlalchemy import select
+
+    from kontext_studio.service.db import User
+
+    with make_session_factory(engine)() as s:
+        return s.scalar(select(User.id).limit(1)) is not None
+
+
+def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor],
+              say: Callable[[str], None] = print) -> Any:
+    """The FastAPI app for ``kontext serve``."""
+    from kontext_studio.service.app import create_app
+    from kontext_studio.service.storage.storage_local import LocalStorage
+
+    prepared = prepare(settings, host)
+    if prepared.new_key:
+        say(f"created the local admin ({LOCAL_ADMIN}) with {settings.local_credits} credits; its API key "
+            f"(shown once): {prepared.new_key}")
+    if prepared.local_user_id is not None:
+        say("single-user mode: requests from this machine without a key act as the local admin")
+    return create_app(prepared.engine, LocalStorage(Path(settings.home) / "data"), editor_factory(),
+                      server_secret(settings), free=settings.free, local_user_id=prepared.local_user_id)
