@@ -12,7 +12,7 @@ PROMPT ?=
 OUT    ?= out.png
 ARGS   ?=
 
-.PHONY: install install-dev edit demo test lint typecheck bench clean
+.PHONY: install install-dev serve edit demo test lint typecheck bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/bin/activate:
 
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[gpu,analysis]"
+	$(PIP) install -q -e ".[gpu,analysis,service]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -30,6 +30,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed  ## the engine and the `kontext` CLI
 
 install-dev: $(VENV)/.installed-dev  ## plus test and lint tools
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+serve: install  ## the main job: the Kontext Studio service on http://$(HOST):$(PORT) (ARGS="--fake-backend" to try it without weights)
+	$(KONTEXT) serve --host $(HOST) --port $(PORT) $(ARGS)
 
 edit: install  ## make edit IMG=photo.jpg PROMPT="put her on a beach at sunset" [OUT=out.png] [ARGS="--seed 7"]
 	@test -n "$(IMG)" -a -n "$(PROMPT)" || { echo 'usage: make edit IMG=photo.jpg PROMPT="put her on a beach at sunset" [OUT=out.png] [ARGS=...]'; exit 2; }
