@@ -228,3 +228,54 @@ def test_model_failure_releases_the_hold(service: Any, accounts: SqlAccounts, en
     assert accounts.balance(uid).available == 100 and accounts.balance(uid).held == 0
     with make_session_factory(engine)() as s:
         assert s.scalar(select(func.sum(LedgerEntry.amount))) == 0
+
+
+def test_rate_limit_is_429_with_retry_after_and_holds_nothing(engine: Engine, accounts: SqlAccounts) -> None:
+    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend()}), SECRET, start_worker=False,
+                     rate_limit=10)
+    client, uid = user_client(app, accounts, credits=1000)
+    body = {"input": {"prompt": "x", "input_image": data_url(png())}}
+    codes = [client.post("/v1/predictions", body).status_code for _ in range(11)]
+    assert codes == [201] * 8 + [429] * 3  # 8 active at most, then the per-minute limit
+    r = client.post("/v1/predictions", body)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and r.json()["code"] == "rate_limited"
+    assert accounts.balance(uid).held == 8 * 5
+
+
+def test_cors_is_closed_by_default(service: Any) -> None:
+    app, _ = service
+    r = TestClient(app).get("/v1/models", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_outputs_carry_no_private_metadata_but_keep_the_recipe(service: Any, accounts: SqlAccounts) -> None:
+    app, _ = service
+    client, _ = user_client(app, accounts)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the upright picture is 64 wide, 96 tall
+    exif[0x8825] = {2: (48.0, 51.0, 24.0)}  # GPS latitude
+    exif[0x010F] = "SecretCam"
+    buf = io.BytesIO()
+    noise_image(96, 64).save(buf, format="JPEG", exif=exif)
+    pid = client.post("/v1/predictions", {"input": {"prompt": "x", "input_image": data_url(buf.getvalue(), "jpeg"),
+                                                    "num_inference_steps": 1}}).json()["id"]
+    done = client.wait(pid)
+    data = client.http.get(done["output"]).content
+    assert b"SecretCam" not in data and b"GPS" not in data
+    out = Image.open(io.BytesIO(data))
+    assert out.size == (64, 96)  # EXIF orientation applied
+    assert "kontext:recipe" in out.info and not out.getexif()
+
+
+def test_a_real_edit_through_http_on_the_tiny_model(engine: Engine, accounts: SqlAccounts, backend: Any) -> None:
+    app = create_app(engine, MemoryStorage(), Editor({"diffusers": backend}), SECRET)
+    with TestClient(app):
+        client, _ = user_client(app, accounts)
+        pid = client.post("/v1/predictions", {"model": "flux-kontext-dev", "input": {
+            "prompt": "put her on a beach", "input_image": data_url(png(200, 150)), "seed": 5,
+            "num_inference_steps": 2, "aspect_ratio": "4:3"}}).json()["id"]
+        done = client.wait(pid, timeout=120)
+        assert done["status"] == "succeeded", done
+        out = Image.open(io.BytesIO(client.http.get(done["output"]).content))
+        assert out.size[0] * 3 == out.size[1] * 4
+        assert done["result"]["recipe"]["model"]["random_weights"] is True and done["result"]["seed"] == 5

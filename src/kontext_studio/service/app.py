@@ -17,12 +17,14 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input
@@ -73,7 +75,8 @@ class PredictionIn(BaseModel):
 
 def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, free: bool = False,
                local_user_id: int | None = None, start_worker: bool = True, public_url: str = "http://127.0.0.1:8000",
-               webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False) -> FastAPI:
+               webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False,
+               rate_limit: int = 60, max_active_per_user: int = 8) -> FastAPI:
     """Build the service.
 
     Args:
@@ -87,11 +90,14 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         public_url: how clients reach this server (used in webhook payloads, which have no request).
         webhook_policy, allow_http_webhooks: which webhook targets are acceptable (default: public https
             only; tests widen it to a local receiver).
+        rate_limit: submissions per user per minute (0: unlimited).
+        max_active_per_user: waiting + running predictions a user may have at once.
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
     worker_box: dict[str, InProcessWorker] = {}
     signer = UrlSigner(secret)
+    limiter = RateLimiter(rate_limit, 60.0)
     base_url = public_url.rstrip("/")
     outbox = WebhookOutbox(
         sessions, webhook_secret(secret),
@@ -181,6 +187,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             else None,
         }
 
+    def active_count(user_id: int) -> int:
+        with sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == user_id, Job.status.in_(("starting", "processing")))) or 0)
+
     def base_of(request: Request) -> str:
         return str(request.base_url).rstrip("/")
 
@@ -217,6 +228,10 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                       prefer: str | None, idem: str | None, cancel_after: str | None,
                       job_id: str | None = None) -> JSONResponse:
         spec = get_tier(tier)
+        limiter.check(user.id)
+        if job_id is None and idem is None and active_count(user.id) >= max_active_per_user:
+            raise RateLimited(f"you already have {max_active_per_user} predictions waiting or running; wait for "
+                              "one to finish", retry_after=5)
         if body.webhook:  # refused up front, not at delivery time
             await asyncio.to_thread(resolve_checked, body.webhook, allow_http=allow_http_webhooks,
                                     policy=webhook_policy, field="webhook")

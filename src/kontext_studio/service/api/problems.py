@@ -46,15 +46,21 @@ def status_for(exc: Exception) -> int:
 def problem(status: int, title: str, detail: str, code: str, **extra: object) -> JSONResponse:
     body = {"type": f"https://kontext.studio/problems/{code}", "title": title, "status": status,
             "detail": detail, "code": code, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
 async def kontext_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     code = getattr(exc, "code", "error")
-    field = getattr(exc, "field", None)
-    return problem(status, type(exc).__name__, str(exc), code, **({"field": field} if field else {}))
+    extra: dict[str, object] = {}
+    if field := getattr(exc, "field", None):
+        extra["field"] = field
+    if retry := getattr(exc, "retry_after", None):
+        extra["retry_after"] = retry
+    return problem(status, type(exc).__name__, str(exc), code, **extra)
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
