@@ -37,5 +37,7 @@ def test_signed_urls_expire_and_resist_tampering() -> None:
         signer.verify("outputs/other/0.png", expires, sig, now=1030)
     with pytest.raises(SignatureError, match="does not match"):
         signer.verify("outputs/j/0.png", expires + 3600, sig, now=1030)
+    with pytest.raises(SignatureError, match="does not match"):
+        signer.verify("outputs/j/0.png", expires, "\u0080é", now=1030)
     with pytest.raises(ValueError):
         UrlSigner(b"short")

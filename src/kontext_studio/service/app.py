@@ -359,7 +359,10 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     # -- BFL-compatible shim ------------------------------------------------------------------------
     @app.post("/v1/flux-kontext-{tier}")
     async def bfl_submit(request: Request, tier: str, user: User) -> dict[str, Any]:
-        raw = await request.json()
+        try:
+            raw = json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raw = None
         if not isinstance(raw, dict):
             raise InvalidRequest("the body must be a JSON object", field="body")
         fields = {k: v for k, v in raw.items() if k not in ("webhook_url", "webhook_secret")}

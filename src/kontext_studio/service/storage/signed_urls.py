@@ -48,7 +48,8 @@ class UrlSigner:
         """Raises:
         SignatureError: tampered key/expiry/signature, or expired.
         """
-        if not hmac.compare_digest(self._sig(key, int(expires)), sig):
+        # Compared as bytes: a signature with non-ASCII characters is simply wrong, not an error.
+        if not hmac.compare_digest(self._sig(key, int(expires)).encode(), sig.encode("utf-8", "surrogatepass")):
             raise SignatureError("the file URL's signature does not match")
         if (now if now is not None else time.time()) > int(expires):
             raise SignatureError("the file URL has expired; fetch the prediction again for a fresh one")
