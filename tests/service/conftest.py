@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts import SqlAccounts, UserRecord
-from kontext_studio.service.db import Job, make_engine, make_session_factory, upgrade
+from kontext_studio.service.db import Job, JobStatus, make_engine, make_session_factory, upgrade, utcnow
 
 BACKENDS = ("sqlite", "postgresql")
 PG_SERVER_URL = os.environ.get("KONTEXT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -155,9 +155,38 @@ def insert_job(sessions: sessionmaker[Session], user_id: int, tier: str = "dev")
         return job.id
 
 
-@pytest.fixture()
-def new_job(sessions: sessionmaker[Session]) -> Callable[..., str]:
-    def make(user_id: int, tier: str = "dev") -> str:
-        return insert_job(sessions, user_id, tier)
+def retire_jobs(sessions: sessionmaker[Session], job_ids: Iterable[str]) -> None:
+    """Take a test's leftover jobs out of the queue: cancel what still waits or runs, releasing its hold.
 
-    return make
+    The session database is shared, so a job left ``starting`` (some ledger tests make jobs that never get
+    a hold, which the API would not) would be claimed by a later test's worker or reaper.
+    """
+    ids = list(job_ids)
+    if not ids:
+        return
+    with sessions.begin() as session:
+        accounts = SqlAccounts(sessions).using(session)
+        open_jobs = session.scalars(
+            select(Job.id).where(Job.id.in_(ids), Job.status.in_([JobStatus.STARTING, JobStatus.PROCESSING]))
+        ).all()
+        for job_id in open_jobs:
+            if accounts.get_hold(job_id) is not None:
+                accounts.release(job_id)  # a no-op returning the first outcome if it was settled
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(open_jobs))
+            .values(status=JobStatus.CANCELED, completed_at=utcnow(), worker_id=None, lease_expires_at=None)
+        )
+
+
+@pytest.fixture()
+def new_job(sessions: sessionmaker[Session]) -> Iterator[Callable[..., str]]:
+    """Make queued jobs; those still waiting or running when the test ends are canceled (holds released)."""
+    made: list[str] = []
+
+    def make(user_id: int, tier: str = "dev") -> str:
+        made.append(insert_job(sessions, user_id, tier))
+        return made[-1]
+
+    yield make
+    retire_jobs(sessions, made)

@@ -43,7 +43,7 @@ from kontext_studio.service.accounts import (
 )
 from kontext_studio.service.db import Balance, Hold, Job, JobStatus, LedgerEntry, Settlement
 
-from .conftest import insert_job
+from .conftest import insert_job, retire_jobs
 
 PRICE = {name: tier.price_credits for name, tier in TIERS.items()}
 
@@ -238,13 +238,13 @@ def test_calls_join_the_callers_transaction(
 
 
 def test_concurrent_holds_never_overdraw(
-    accounts: SqlAccounts, sessions: sessionmaker[Session], engine: Engine, new_user: Callable[..., UserRecord]
+    accounts: SqlAccounts, new_user: Callable[..., UserRecord], new_job: Callable[..., str]
 ) -> None:
     """N threads hold at once against one balance: exactly floor(balance / price) succeed, never below 0."""
     threads, price, granted = 24, PRICE["pro"], 43
     user = new_user()
     accounts.grant(user.id, granted)
-    jobs = [insert_job(sessions, user.id, "pro") for _ in range(threads)]
+    jobs = [new_job(user.id, "pro") for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
     outcomes: list[str] = []
     lowest: list[int] = []
@@ -539,6 +539,7 @@ def ledger_machine(accounts: SqlAccounts, sessions: sessionmaker[Session]) -> ty
 
         def teardown(self) -> None:
             assert accounts.audit() == []
+            retire_jobs(sessions, self.model)
 
     return LedgerMachine
 
