@@ -279,3 +279,15 @@ def test_a_real_edit_through_http_on_the_tiny_model(engine: Engine, accounts: Sq
         out = Image.open(io.BytesIO(client.http.get(done["output"]).content))
         assert out.size[0] * 3 == out.size[1] * 4
         assert done["result"]["recipe"]["model"]["random_weights"] is True and done["result"]["seed"] == 5
+
+
+def test_account_ledger_shows_hold_and_capture(service: Any, accounts: SqlAccounts) -> None:
+    app, _ = service
+    client, _ = user_client(app, accounts)
+    pid = client.post("/v1/predictions", {"input": {"prompt": "x", "input_image": data_url(png()),
+                                                    "num_inference_steps": 1}}).json()["id"]
+    client.wait(pid)
+    time.sleep(0.1)
+    entries = [e for e in client.get("/v1/account/ledger").json()["results"] if e["job_id"] == pid]
+    kinds = sorted((e["kind"], e["account"], e["amount"]) for e in entries)
+    assert kinds == [("capture", "held", -5), ("hold", "available", -5), ("hold", "held", 5)]

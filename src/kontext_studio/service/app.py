@@ -26,7 +26,7 @@ from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
-from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, make_session_factory, utcnow
+from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.worker import InProcessWorker
@@ -336,6 +336,17 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         bal = accounts.balance(user.id)
         return {"id": user.id, "email": user.email, "credits": {"available": bal.available, "held": bal.held},
                 "free": free}
+
+    @app.get("/v1/account/ledger")
+    def account_ledger(user: User, limit: int = 100) -> dict[str, Any]:
+        """The user's credit movements, newest first (holds, captures, releases, grants)."""
+        mine = (f"user:{user.id}:available", f"user:{user.id}:held")
+        with sessions() as s:
+            rows = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
+                             .order_by(LedgerEntry.id.desc()).limit(max(1, min(500, limit)))).all()
+            return {"results": [{"id": e.id, "job_id": e.job_id, "account": e.account.rsplit(":", 1)[-1],
+                                 "amount": e.amount, "kind": e.kind, "created_at": e.created_at.isoformat()}
+                                for e in rows]}
 
     @app.post("/v1/files", status_code=201)
     async def upload_file(request: Request, user: User) -> dict[str, Any]:
