@@ -41,6 +41,7 @@ class Claim:
     user_id: int
     tier: str
     input: dict[str, Any]
+    lease_seconds: int = LEASE_SECONDS  # how far each progress report extends the lease
 
 
 class JobStore:
@@ -117,24 +118,46 @@ class JobStore:
             job = s.scalar(q)
             if job is None:
                 return None
-            if job.deadline_at is not None and job.deadline_at < now:
-                job.status, job.completed_at = JobStatus.ABORTED, now
-                job.error = "the Cancel-After deadline passed before the prediction started (not charged)"
-                self.accounts.using(s).release(job.id)
-                claim = None
-            elif job.attempt >= MAX_ATTEMPTS:
-                job.status, job.completed_at = JobStatus.FAILED, now
-                job.error = f"gave up after {job.attempt} attempts (the worker was lost each time)"
-                self.accounts.using(s).release(job.id)
-                claim = None
-            else:
-                job.status, job.attempt = JobStatus.PROCESSING, job.attempt + 1
-                job.worker_id, job.lease_expires_at = worker_id, now + timedelta(seconds=lease_seconds)
-                job.started_at = job.started_at or now
-                claim = Claim(job.id, job.attempt, job.user_id, job.tier, dict(job.input))
+            claim = self._take(s, job, worker_id, lease_seconds, now)
             job_id = job.id
         self.on_change(job_id)
         return claim if claim is not None else self.claim(worker_id, lease_seconds)
+
+    def claim_job(self, job_id: str, worker_id: str, lease_seconds: int = LEASE_SECONDS) -> Claim | None:
+        """Take one given job (a broker message names it) if it is waiting, with ``claim``'s rules.
+
+        Returns:
+            The claim, or None when the job is unknown, already taken, finished, or was just ended here
+            because its deadline passed or it ran out of attempts.
+        """
+        with self.sessions.begin() as s:
+            now = utcnow()
+            q = select(Job).where(Job.id == job_id, Job.status == JobStatus.STARTING)
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update()  # a concurrent claimer waits, then finds the job no longer waiting
+            job = s.scalar(q)
+            if job is None:
+                return None
+            claim = self._take(s, job, worker_id, lease_seconds, now)
+        self.on_change(job_id)
+        return claim
+
+    def _take(self, s: Session, job: Job, worker_id: str, lease_seconds: int, now: datetime) -> Claim | None:
+        """Lease a waiting job to ``worker_id`` (attempt + 1), or end it if its deadline or attempts ran out."""
+        if job.deadline_at is not None and job.deadline_at < now:
+            job.status, job.completed_at = JobStatus.ABORTED, now
+            job.error = "the Cancel-After deadline passed before the prediction started (not charged)"
+            self.accounts.using(s).release(job.id)
+            return None
+        if job.attempt >= MAX_ATTEMPTS:
+            job.status, job.completed_at = JobStatus.FAILED, now
+            job.error = f"gave up after {job.attempt} attempts (the worker was lost each time)"
+            self.accounts.using(s).release(job.id)
+            return None
+        job.status, job.attempt = JobStatus.PROCESSING, job.attempt + 1
+        job.worker_id, job.lease_expires_at = worker_id, now + timedelta(seconds=lease_seconds)
+        job.started_at = job.started_at or now
+        return Claim(job.id, job.attempt, job.user_id, job.tier, dict(job.input), lease_seconds)
 
     def _fenced(self, s: Session, claim: Claim, **values: Any) -> None:
         done = s.execute(update(Job).where(Job.id == claim.job_id, Job.attempt == claim.attempt,
@@ -147,7 +170,7 @@ class JobStore:
         try:
             with self.sessions.begin() as s:
                 values: dict[str, Any] = {"progress": max(0.0, min(1.0, fraction)),
-                                          "lease_expires_at": utcnow() + timedelta(seconds=LEASE_SECONDS)}
+                                          "lease_expires_at": utcnow() + timedelta(seconds=claim.lease_seconds)}
                 self._fenced(s, claim, **values)
                 if log_line:
                     job = s.get(Job, claim.job_id)
@@ -186,8 +209,10 @@ class JobStore:
     def reap(self) -> list[str]:
         """Put jobs whose lease expired (their worker died) back in the queue; returns their ids."""
         with self.sessions.begin() as s:
-            jobs = s.scalars(select(Job).where(Job.status == JobStatus.PROCESSING,
-                                               Job.lease_expires_at < utcnow())).all()
+            q = select(Job).where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < utcnow())
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)  # never undo a claim or heartbeat committed meanwhile
+            jobs = s.scalars(q).all()
             for job in jobs:
                 job.status, job.worker_id, job.lease_expires_at = JobStatus.STARTING, None, None
             ids = [j.id for j in jobs]
