@@ -241,3 +241,31 @@ def test_a_job_whose_worker_is_killed_is_reaped_and_finished_by_another(cluster:
     assert (bal.available, bal.held) == (50 - TIERS["dev"].price_credits, 0)
     with c.sessions() as s:
         assert s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0))) == 0
+
+
+def test_http_predictions_run_on_celery_workers(cluster: Callable[..., Cluster]) -> None:
+    """The API with a Celery dispatcher: no in-process worker; a real worker process runs the job."""
+    from fastapi.testclient import TestClient
+
+    from kontext_studio.core.backends.fake import FakeBackend
+    from kontext_studio.core.engine import Editor
+    from kontext_studio.service.app import create_app
+
+    c = cluster(editor_options={"step_min": 0.01, "step_max": 0.02})
+    uid = c.user(100)
+    key, _ = c.accounts.create_api_key(uid)
+    # The API's editor only answers which tiers exist; it never runs a job when a dispatcher is given.
+    app = create_app(c.engine, c.storage, Editor({"fake": FakeBackend()}), b"celery-test-secret-0123456789",
+                     dispatcher=c.dispatcher)
+    with TestClient(app) as http:
+        headers = {"Authorization": f"Bearer {key}"}
+        r = http.post("/v1/predictions", headers=headers, json={"model": "flux-kontext-dev", "input": {
+            "prompt": "make it snowy", "input_image": data_url(png()), "num_inference_steps": 3}})
+        assert r.status_code == 201, r.text
+        assert c.dispatcher.queued() == 1  # published to Redis, nothing ran in the API process
+        c.pool.start(1)
+        job = c.wait([r.json()["id"]], timeout=60)[r.json()["id"]]
+        assert job.status == "succeeded"
+        done = http.get(f"/v1/predictions/{job.id}", headers=headers).json()
+        assert done["output"] and http.get(done["output"]).status_code == 200
+    assert c.accounts.balance(uid).available == 95

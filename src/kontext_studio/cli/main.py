@@ -455,6 +455,21 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
+@app.command()
+@handles_errors
+def worker(hostname: Annotated[str | None, typer.Option(help="Celery worker name (default: host based).")] = None,
+           ) -> None:
+    """Run one Celery worker (one per GPU, concurrency 1) that executes queued jobs on the warm engine.
+
+    Needs KONTEXT_BROKER_URL and KONTEXT_DATABASE_URL (PostgreSQL), and KONTEXT_HOME on storage shared with
+    the API server.
+    """
+    from kontext_studio.service.jobs.dispatch_celery import run_worker
+    from kontext_studio.service.server import celery_app
+
+    run_worker(celery_app(Settings.from_env()), hostname=hostname)
+
+
 admin = typer.Typer(help="Users, API keys and credits of the service database.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 

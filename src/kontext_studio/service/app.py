@@ -28,7 +28,9 @@ from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input
+from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
+from kontext_studio.service.jobs.reaper import Reaper
 from kontext_studio.service.jobs.worker import InProcessWorker
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked, safe_client
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited, sniff_image
@@ -76,7 +78,7 @@ class PredictionIn(BaseModel):
 def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, free: bool = False,
                local_user_id: int | None = None, start_worker: bool = True, public_url: str = "http://127.0.0.1:8000",
                webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False,
-               rate_limit: int = 60, max_active_per_user: int = 8) -> FastAPI:
+               rate_limit: int = 60, max_active_per_user: int = 8, dispatcher: Dispatcher | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -92,6 +94,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             only; tests widen it to a local receiver).
         rate_limit: submissions per user per minute (0: unlimited).
         max_active_per_user: waiting + running predictions a user may have at once.
+        dispatcher: send jobs to Celery workers instead of the in-process worker (a reaper then runs here
+            to re-send jobs whose lease expired or whose message was lost).
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
@@ -109,13 +113,19 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sender.start()
-        if start_worker:
+        in_process = start_worker and dispatcher is None
+        reaper = Reaper(jobs, dispatcher) if dispatcher is not None else None
+        if in_process:
             worker_box["w"].start()
+        if reaper is not None:
+            reaper.start()
         try:
             yield
         finally:
-            if start_worker:
+            if in_process:
                 worker_box["w"].stop()
+            if reaper is not None:
+                reaper.stop()
             sender.stop()
 
     app = FastAPI(title="Kontext Studio", version="0.1.0", lifespan=lifespan,
@@ -241,6 +251,9 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,
                                       idempotency_key=idem, deadline=_deadline(cancel_after), job_id=job_id)
+        if created and dispatcher is not None:
+            # Published after the commit; if this process dies in between, the reaper re-sends it.
+            await asyncio.to_thread(dispatcher.enqueue, new_id)
         wait = _prefer_wait(prefer)
         job = await wait_for(user.id, new_id, wait) if wait else jobs.get(user.id, new_id)
         return JSONResponse(envelope(base_of(request), job), status_code=201 if created else 200)

@@ -105,5 +105,26 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
             f"(shown once): {prepared.new_key}")
     if prepared.local_user_id is not None:
         say("single-user mode: requests from this machine without a key act as the local admin")
-    return create_app(prepared.engine, LocalStorage(Path(settings.home) / "data"), editor_factory(),
-                      server_secret(settings), free=settings.free, local_user_id=prepared.local_user_id)
+    dispatcher = None
+    if settings.broker_url:
+        from kontext_studio.service.jobs.dispatch_celery import CeleryDispatcher
+
+        dispatcher = CeleryDispatcher(celery_app(settings))
+        say(f"jobs go to Celery workers through {settings.broker_url} (start them with `kontext worker`)")
+    return create_app(prepared.engine, LocalStorage(storage_root(settings)),
+                      editor_factory(), server_secret(settings),
+                      free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher)
+
+
+def storage_root(settings: Settings) -> Path:
+    """Inputs and outputs; with Celery workers it must be a folder every machine shares."""
+    return Path(settings.home) / "data"
+
+
+def celery_app(settings: Settings) -> Any:
+    """The Celery app of this installation (API and workers build it the same way)."""
+    from kontext_studio.service.jobs.dispatch_celery import make_celery
+
+    if not settings.broker_url:
+        raise UnsafeBind("set KONTEXT_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run Celery workers")
+    return make_celery(settings.broker_url, settings.service_database_url, storage_root=str(storage_root(settings)))
