@@ -12,10 +12,10 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
 import socket
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +44,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve(url: str, port: int) -> None:
+    """The API process: one uvicorn worker, the in-process job worker, the named fake backend."""
+    engine = make_engine(url)
+    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(step_seconds=0.0, resolution=64)}),
+                     b"x" * 32, rate_limit=0, max_active_per_user=10**9)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=100.0, help="requests per second (half submits, half status)")
@@ -61,14 +69,20 @@ def main() -> None:
     user = accounts.create_user(f"bench-{time.time_ns()}@example.com", "bench")
     accounts.grant(user.id, 10_000_000)
     key, _ = accounts.create_api_key(user.id)
-    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(step_seconds=0.0)}), b"x" * 32,
-                     rate_limit=0, max_active_per_user=10**9)
+    # The server runs in its own process: a load generator sharing its interpreter (and GIL) would measure
+    # itself, not the API.
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(url, port), daemon=True)
+    server.start()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the API process did not start") from None
+            time.sleep(0.2)
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (120, 30, 200)).save(buf, format="PNG")
@@ -108,8 +122,8 @@ def main() -> None:
             time.sleep(max(0.0, due - time.perf_counter()))
             pool.submit(submit if i % 2 == 0 else status, i)
     elapsed = time.perf_counter() - start
-    server.should_exit = True
-    thread.join(10)
+    server.terminate()
+    server.join(10)
 
     # Claim query against a deep queue.
     sessions = make_session_factory(engine)

@@ -198,7 +198,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         }
 
     def active_count(user_id: int) -> int:
-        with sessions() as s:
+        with jobs.readers() as s:
             return int(s.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.status.in_(("starting", "processing")))) or 0)
 
@@ -208,7 +208,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     async def wait_for(user_id: int, job_id: str, seconds: float) -> Job:
         deadline = time.monotonic() + seconds
         while True:
-            job = jobs.get(user_id, job_id)
+            job = await asyncio.to_thread(jobs.get, user_id, job_id)
             if job.status in TERMINAL_JOB_STATUSES or time.monotonic() >= deadline:
                 return job
             await asyncio.sleep(0.05)
@@ -234,28 +234,34 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                                  field="Cancel-After") from None
         return utcnow() + timedelta(seconds=seconds)
 
-    async def _create(request: Request, user: UserRecord, tier: str, body: PredictionIn,
-                      prefer: str | None, idem: str | None, cancel_after: str | None,
-                      job_id: str | None = None) -> JSONResponse:
+    def _submit(user: UserRecord, tier: str, body: PredictionIn, idem: str | None, cancel_after: str | None,
+                job_id: str | None) -> tuple[str, bool]:
+        """Everything before the job exists, in a worker thread: the event loop never waits on the
+        database, the image decoder or DNS."""
         spec = get_tier(tier)
         limiter.check(user.id)
         if job_id is None and idem is None and active_count(user.id) >= max_active_per_user:
             raise RateLimited(f"you already have {max_active_per_user} predictions waiting or running; wait for "
                               "one to finish", retry_after=5)
         if body.webhook:  # refused up front, not at delivery time
-            await asyncio.to_thread(resolve_checked, body.webhook, allow_http=allow_http_webhooks,
-                                    policy=webhook_policy, field="webhook")
+            resolve_checked(body.webhook, allow_http=allow_http_webhooks, policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
-        normalized = await asyncio.to_thread(normalize_input, body.input, tier, storage)
+        normalized = normalize_input(body.input, tier, storage)
         price = 0 if free else spec.price_credits
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,
                                       idempotency_key=idem, deadline=_deadline(cancel_after), job_id=job_id)
         if created and dispatcher is not None:
             # Published after the commit; if this process dies in between, the reaper re-sends it.
-            await asyncio.to_thread(dispatcher.enqueue, new_id)
+            dispatcher.enqueue(new_id)
+        return new_id, created
+
+    async def _create(request: Request, user: UserRecord, tier: str, body: PredictionIn,
+                      prefer: str | None, idem: str | None, cancel_after: str | None,
+                      job_id: str | None = None) -> JSONResponse:
+        new_id, created = await asyncio.to_thread(_submit, user, tier, body, idem, cancel_after, job_id)
         wait = _prefer_wait(prefer)
-        job = await wait_for(user.id, new_id, wait) if wait else jobs.get(user.id, new_id)
+        job = await wait_for(user.id, new_id, wait) if wait else await asyncio.to_thread(jobs.get, user.id, new_id)
         return JSONResponse(envelope(base_of(request), job), status_code=201 if created else 200)
 
     def _tier_of(model: str | None) -> str:
@@ -354,7 +360,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     def account_ledger(user: User, limit: int = 100) -> dict[str, Any]:
         """The user's credit movements, newest first (holds, captures, releases, grants)."""
         mine = (f"user:{user.id}:available", f"user:{user.id}:held")
-        with sessions() as s:
+        with jobs.readers() as s:
             rows = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
                              .order_by(LedgerEntry.id.desc()).limit(max(1, min(500, limit)))).all()
             return {"results": [{"id": e.id, "job_id": e.job_id, "account": e.account.rsplit(":", 1)[-1],

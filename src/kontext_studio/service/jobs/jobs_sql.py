@@ -19,7 +19,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
-from kontext_studio.service.db import IDEMPOTENCY_TTL, IdempotencyKey, Job, JobStatus, new_id, utcnow
+from kontext_studio.service.db import (
+    IDEMPOTENCY_TTL,
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    make_session_factory,
+    new_id,
+    utcnow,
+)
 from kontext_studio.service.jobs.jobs_common import (
     LEASE_SECONDS,
     MAX_ATTEMPTS,
@@ -57,6 +65,11 @@ class JobStore:
                  on_change: Callable[[str], None] | None = None):
         self.sessions = sessions
         self.accounts = accounts
+        # Reads need no write lock: on SQLite every transaction otherwise starts with BEGIN IMMEDIATE and
+        # status polls would queue behind the worker's progress writes.
+        bind = sessions.kw.get("bind")
+        self.readers = (make_session_factory(bind.execution_options(sqlite_begin="DEFERRED"))
+                        if bind is not None and bind.dialect.name == "sqlite" else sessions)
         self.on_change = on_change or (lambda _job_id: None)
 
     # -- submit -----------------------------------------------------------------------------------
@@ -182,7 +195,7 @@ class JobStore:
         return True
 
     def is_current(self, claim: Claim) -> bool:
-        with self.sessions() as s:
+        with self.readers() as s:
             job = s.get(Job, claim.job_id)
             return job is not None and job.status == JobStatus.PROCESSING and job.attempt == claim.attempt
 
@@ -250,7 +263,7 @@ class JobStore:
         Raises:
             JobNotFound: missing, or another user's.
         """
-        with self.sessions() as s:
+        with self.readers() as s:
             job = s.get(Job, job_id)
             if job is None or (user_id is not None and job.user_id != user_id):
                 raise JobNotFound(f"no prediction {job_id}")
@@ -258,7 +271,7 @@ class JobStore:
             return job
 
     def list(self, user_id: int, limit: int = 50, before: datetime | None = None) -> list[Job]:
-        with self.sessions() as s:
+        with self.readers() as s:
             q = select(Job).where(Job.user_id == user_id)
             if before is not None:
                 q = q.where(Job.created_at < before)
@@ -268,6 +281,6 @@ class JobStore:
             return jobs
 
     def queue_position(self, job: Job) -> int:
-        with self.sessions() as s:
+        with self.readers() as s:
             return len(s.scalars(select(Job.id).where(Job.status == JobStatus.STARTING,
                                                       Job.created_at < job.created_at)).all())
