@@ -57,9 +57,8 @@ def test_parse_single_file(tmp_path: Path) -> None:
 
 
 def test_parse_hub_id_is_only_parsed() -> None:
-    # parsed only (offline: nothing is downloaded)
-    src = ModelSource.parse("black-forest-labs/FLUX.1-Kontext-dev", revision="main")
-    assert (src.kind, src.location, src.revision) == ("hub", "black-forest-labs/FLUX.1-Kontext-dev", "main")
+    src = ModelSource.parse("acme/kontext-finetune", revision="main")  # parsed only, never downloaded
+    assert (src.kind, src.location, src.revision) == ("hub", "acme/kontext-finetune", "main")
     default = ModelSource.parse(None)
     assert (default.kind, default.location) == ("hub", DEFAULT_MODEL)
 

@@ -99,7 +99,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
-    worker_box: dict[str, InProcessWorker] = {}
+    worker: InProcessWorker | None = None  # built below, once the job store exists
     signer = UrlSigner(secret)
     limiter = RateLimiter(rate_limit, 60.0)
     base_url = public_url.rstrip("/")
@@ -114,16 +114,17 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sender.start()
         in_process = start_worker and dispatcher is None
+        assert worker is not None
         reaper = Reaper(jobs, dispatcher) if dispatcher is not None else None
         if in_process:
-            worker_box["w"].start()
+            worker.start()
         if reaper is not None:
             reaper.start()
         try:
             yield
         finally:
             if in_process:
-                worker_box["w"].stop()
+                worker.stop()
             if reaper is not None:
                 reaper.stop()
             sender.stop()
@@ -133,8 +134,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                               "BFL-compatible shim.")
 
     def on_change(job_id: str) -> None:
-        if "w" in worker_box:
-            worker_box["w"].wake()
+        if worker is not None:
+            worker.wake()
         try:
             job = jobs.get(None, job_id)
         except KontextError:
@@ -151,7 +152,6 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     services = Services(accounts, jobs, storage, signer, editor, local_user_id)
     app.state.services = services
     worker = InProcessWorker(jobs, editor, storage)
-    worker_box["w"] = worker
     app.state.worker = worker
     app.add_exception_handler(KontextError, kontext_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

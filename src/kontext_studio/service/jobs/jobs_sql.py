@@ -279,8 +279,3 @@ class JobStore:
             for j in jobs:
                 s.expunge(j)
             return jobs
-
-    def queue_position(self, job: Job) -> int:
-        with self.readers() as s:
-            return len(s.scalars(select(Job.id).where(Job.status == JobStatus.STARTING,
-                                                      Job.created_at < job.created_at)).all())
