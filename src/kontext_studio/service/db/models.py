@@ -250,3 +250,8 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# Feature tables live in their own modules; importing them here registers them on ``Base.metadata`` so the
+# schema test and every session see one complete schema.
+from kontext_studio.service.db import models_studio, models_training  # noqa: E402, F401
