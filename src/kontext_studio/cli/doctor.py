@@ -51,4 +51,15 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     report["weights"] = (f"found at {status.path}" + (" (random test weights)" if status.random_weights else "")
                          if status.found else f"missing: {status.message}")
     report["hf_token"] = "set" if settings.hf_token else "not set"
+    report["advisories"] = _advisories()
     return report
+
+
+def _advisories() -> str | list[str]:
+    """Known security advisories affecting installed packages (Pillow and the web stack)."""
+    try:
+        from kontext_studio.service.security.advisories import check_installed
+    except ImportError:  # the service extra is not installed
+        return "not checked: pip install -e '.[service]'"
+    hits = check_installed()
+    return [str(h) for h in hits] if hits else "none known for the installed Pillow and web stack"
