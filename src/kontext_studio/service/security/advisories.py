@@ -82,7 +82,7 @@ def check_versions(versions: Mapping[str, str], advisories: Iterable[Advisory] =
     Returns:
         One hit per (package, advisory); empty when nothing known applies.
     """
-    by_name = {canonicalize_name(k): v for k, v in versions.items()}
+    by_name: dict[str, str] = {str(canonicalize_name(k)): v for k, v in versions.items()}
     return [AdvisoryHit(a.package, by_name[a.package], a) for a in advisories
             if a.package in by_name and a.affects(by_name[a.package])]
 
@@ -114,7 +114,7 @@ def lower_bounds(requirements: Iterable[str]) -> dict[str, str]:
             continue
         lows = [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
         low = max(lows, key=Version) if lows else "0"
-        name = canonicalize_name(req.name)
+        name = str(canonicalize_name(req.name))
         if name not in bounds or Version(low) > Version(bounds[name]):
             bounds[name] = low
     return bounds
