@@ -16,14 +16,18 @@ What it does (the defaults are the full size of R1 in the reliability design not
   worker gets ``SIGKILL`` and a replacement starts; the reaper runs every ``--reap-interval`` s with
   ``--lease`` s leases (expired leases, and jobs waiting over ``--stale-after`` s with messages missing).
 
-Not covered here: R1's API restart and "0 5xx answers" need the HTTP service wired to ``CeleryDispatcher``;
-jobs are submitted through ``JobStore`` as the API does, and a publisher dying between commit and publish is
-simulated by ``--lose``.
+With ``--http`` (the default) the clients go through the real HTTP service: an API process (``create_app``
+wired to ``CeleryDispatcher``, the same composition ``kontext serve`` uses with ``KONTEXT_BROKER_URL``) that
+gets ``kill -9`` and is started again ``--api-restarts`` times while submissions are under way. Clients
+authenticate with each user's API key, retry with the same Idempotency-Key when the connection drops (the
+API may have committed before it died) and count every 5xx answer. ``--no-http`` submits through
+``JobStore`` directly, where ``--lose`` simulates a publisher dying between commit and publish.
 
 Pass criteria, checked in the database at the end: 0 lost jobs (all terminal before ``--timeout``), 0 jobs
 with two outputs, 0 double settlements, ledger entries sum to 0 (and the ledger audit is clean), every
 balance = initial - sum of the prices of that user's succeeded jobs, idempotent resends return the same
-prediction, at least ``--min-kills`` kills happened.
+prediction, at least ``--min-kills`` kills happened; over HTTP also 0 5xx answers and every planned API
+restart done.
 
 The same harness runs at CI scale in ``tests/service/test_chaos.py``.
 
@@ -47,6 +51,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -209,6 +215,81 @@ run_worker(make_celery(**cfg), hostname=hostname)
 """
 
 
+_API_MAIN = r"""
+import json, os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(3)
+threading.Thread(target=watch, daemon=True).start()
+cfg = json.loads(sys.argv[1])
+import uvicorn
+from kontext_studio.core.backends.fake import FakeBackend
+from kontext_studio.core.engine import Editor
+from kontext_studio.service.app import create_app
+from kontext_studio.service.db import make_engine
+from kontext_studio.service.jobs.dispatch_celery import CeleryDispatcher, make_celery
+from kontext_studio.service.storage.storage_local import LocalStorage
+app = create_app(make_engine(cfg["celery"]["database_url"]), LocalStorage(cfg["celery"]["storage_root"]),
+                 Editor({"fake": FakeBackend()}), cfg["secret"].encode(), rate_limit=0,
+                 max_active_per_user=1_000_000, dispatcher=CeleryDispatcher(make_celery(**cfg["celery"])))
+uvicorn.run(app, host="127.0.0.1", port=cfg["port"], log_level="warning")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ApiProcess:
+    """The HTTP service in its own process, killed (``kill -9``) and started again by the harness."""
+
+    def __init__(self, celery_config: dict[str, Any], log_dir: Path, secret: str = "soak-url-signing-secret-0123456789"):
+        self.config = {"celery": celery_config, "secret": secret, "port": free_port()}
+        self.url = f"http://127.0.0.1:{self.config['port']}"
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        self.starts += 1
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "PYTHONUNBUFFERED": "1"}
+        with (self.log_dir / f"api{self.starts}.log").open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", _API_MAIN, json.dumps(self.config)], cwd=REPO,
+                                         env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API process exited with {self.proc.returncode}: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code < 500:  # up and answering
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer within {ready_timeout:.0f} s: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """``kill -9``: requests in flight are cut off, jobs committed but not yet published are left to the
+        reaper."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.log_dir / f"api{self.starts}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
 def cli_env(cfg: dict[str, Any]) -> dict[str, str]:
     """The ``KONTEXT_*`` variables ``celery_app`` reads, for a ``make_celery`` config."""
     env = {"KONTEXT_BROKER_URL": cfg["broker_url"], "KONTEXT_DATABASE_URL": cfg["database_url"],
@@ -348,6 +429,8 @@ class SoakConfig:
     seed: int = 0
     tiers: tuple[str, ...] = tuple(TIERS)
     worker_modes: tuple[str, ...] = ("python",)
+    http: bool = True  # clients talk to the HTTP service (False: JobStore + CeleryDispatcher directly)
+    api_restarts: int = 1  # kill -9 + start of the API process while submissions are under way (http only)
 
 
 @dataclass
@@ -361,6 +444,7 @@ class Plan:
     resend_at: float | None
     lose: bool
     key: str
+    raw: dict[str, Any] = field(default_factory=dict)  # the prediction input as a client sends it
     job_id: str | None = None
     submitted_at: float = 0.0
 
@@ -478,17 +562,48 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
         tier = cfg.tiers[i % len(cfg.tiers)]
         fail = rng.random() < cfg.fail
         prompt = f"{'[fail] ' if fail else ''}soak edit {i}: make it snowy"
-        body = normalize_input({"prompt": prompt, "input_image": image, "num_inference_steps": cfg.steps,
-                                "seed": rng.randrange(2**31)}, tier, storage)
+        raw = {"prompt": prompt, "input_image": image, "num_inference_steps": cfg.steps,
+               "seed": rng.randrange(2**31)}
+        body = normalize_input(raw, tier, storage)
         plans.append(Plan(i, rng.choice(users), tier, body, fail,
                           rng.uniform(0, cfg.cancel_window) if rng.random() < cfg.cancel else None,
                           rng.uniform(0, cfg.cancel_window) if rng.random() < cfg.resend else None,
-                          rng.random() < cfg.lose, f"idem-{uuid.uuid4().hex}"))
+                          rng.random() < cfg.lose and not cfg.http, f"idem-{uuid.uuid4().hex}", raw))
     initial: dict[int, int] = {}
     for u in users:
         need = sum(TIERS[p.tier].price_credits for p in plans if p.user_id == u)
         initial[u] = need + 100
         accounts.grant(u, initial[u])
+
+    keys = {u: accounts.create_api_key(u, "soak")[0] for u in users} if cfg.http else {}
+    api = ApiProcess(worker_cfg, work_dir / "logs") if cfg.http else None
+    http_retry_window = 60.0  # how long a client keeps retrying through an API restart
+
+    def call(method: str, path: str, user_id: int, **kwargs: Any) -> httpx.Response:
+        """One HTTP call, retried on dropped connections (safe: submits carry an Idempotency-Key) and on 5xx
+        (counted: R1 allows none)."""
+        assert api is not None
+        headers = {"Authorization": f"Bearer {keys[user_id]}", **kwargs.pop("headers", {})}
+        give_up = time.monotonic() + http_retry_window
+        while True:
+            try:
+                resp = httpx.request(method, api.url + path, headers=headers, timeout=30.0, **kwargs)
+            except httpx.TransportError as exc:
+                with lock:
+                    counters["http_connection_errors"] += 1
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"{method} {path}: no answer for {http_retry_window:.0f} s ({exc!r})") from exc
+                time.sleep(0.25)
+                continue
+            if resp.status_code >= 500:
+                with lock:
+                    counters["http_5xx"] += 1
+                    problems.append(f"{method} {path} -> {resp.status_code}: {resp.text[:200]}")
+                if time.monotonic() > give_up:
+                    return resp
+                time.sleep(0.25)
+                continue
+            return resp
 
     pool = WorkerPool(worker_cfg, work_dir / "logs")
     reaper = Reaper(store, dispatcher, interval=cfg.reap_interval, stale_after=cfg.stale_after)
@@ -497,27 +612,44 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
     started = time.monotonic()
     kills: list[float] = []
     wipes: list[int] = []
+    restarts: list[float] = []
     try:
         pool.start(cfg.workers, list(cfg.worker_modes))
+        if api is not None:
+            api.start()
         reaper.start()
+
+        def submit_http(plan: Plan) -> tuple[str, bool]:
+            resp = call("POST", "/v1/predictions", plan.user_id, headers={"Idempotency-Key": plan.key},
+                        json={"model": f"flux-kontext-{plan.tier}", "input": plan.raw})
+            if resp.status_code not in (200, 201):
+                raise RuntimeError(f"submit answered {resp.status_code}: {resp.text[:200]}")
+            return str(resp.json()["id"]), resp.status_code == 201
 
         def submit(plan: Plan, resend: bool = False) -> None:
             price = TIERS[plan.tier].price_credits
             t = time.perf_counter()
-            job_id, created = store.submit(plan.user_id, plan.tier, f"flux-kontext-{plan.tier}", plan.body, price,
-                                           idempotency_key=plan.key)
+            if api is not None:
+                job_id, created = submit_http(plan)
+            else:
+                job_id, created = store.submit(plan.user_id, plan.tier, f"flux-kontext-{plan.tier}", plan.body,
+                                               price, idempotency_key=plan.key)
             with lock:
                 submit_latency.append(time.perf_counter() - t)
             if resend:
                 with lock:
                     counters["resends"] += 1
-                    if job_id != plan.job_id or created:
+                    if job_id != plan.job_id or (created and api is None):
                         problems.append(f"resend of plan {plan.index} gave {job_id} (created={created}), "
                                         f"expected {plan.job_id}")
                         counters["resend_mismatch"] += 1
                 return
             plan.job_id, plan.submitted_at = job_id, time.monotonic()
-            if plan.lose:
+            with lock:
+                counters["submitted"] += 1
+            if api is not None:
+                pass  # the API published it (or died first, and the reaper re-sends it)
+            elif plan.lose:
                 with lock:
                     counters["lost_messages"] += 1
             else:
@@ -534,7 +666,13 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
 
         def cancel(plan: Plan) -> None:
             assert plan.job_id is not None
-            store.cancel(plan.user_id, plan.job_id)
+            if api is not None:
+                resp = call("POST", f"/v1/predictions/{plan.job_id}/cancel", plan.user_id)
+                if resp.status_code != 200:
+                    with lock:
+                        problems.append(f"cancel of {plan.job_id} answered {resp.status_code}: {resp.text[:200]}")
+            else:
+                store.cancel(plan.user_id, plan.job_id)
             with lock:
                 counters["cancel_requests"] += 1
 
@@ -579,8 +717,15 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
         wipe_times = sorted(rng.uniform(0.2, 0.6) for _ in range(cfg.queue_wipes))
         deadline = started + cfg.timeout
         done_at: float | None = None
+        restart_at = [(k + 1) / (cfg.api_restarts + 1) for k in range(cfg.api_restarts)] if api else []
         while time.monotonic() < deadline:
             time.sleep(0.2)
+            if api is not None and restart_at and counters["submitted"] >= restart_at[0] * cfg.jobs:
+                restart_at.pop(0)
+                api.kill()
+                restarts.append(time.monotonic() - started)
+                log(f"[{restarts[-1]:6.1f}s] kill -9 of the API process; starting it again")
+                api.start()
             submitting = any(c.is_alive() for c in clients) or scheduler.pending() > 0
             remaining = open_jobs()
             if not submitting and remaining == 0:
@@ -611,6 +756,8 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
         scheduler.stop()
         reaper.stop()
         pool.stop()
+        if api is not None:
+            api.kill()
         with contextlib.suppress(Exception):
             delete_keys(redis_url, prefix)
 
@@ -692,6 +839,11 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
         ("submit errors", str(counters["submit_errors"]), counters["submit_errors"] == 0),
         (f"kill -9 (>= {cfg.min_kills})", str(len(kills)), len(kills) >= cfg.min_kills),
     ]
+    if cfg.http:
+        result.criteria += [
+            ("HTTP 5xx answers", str(counters["http_5xx"]), counters["http_5xx"] == 0),
+            (f"API restarts (= {cfg.api_restarts})", str(len(restarts)), len(restarts) == cfg.api_restarts),
+        ]
     result.figures = {
         "jobs / distinct ids": f"{cfg.jobs} / {len(set(ids))}",
         "statuses": dict(sorted(status.items())),
@@ -700,6 +852,8 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
         "messages lost at submit / broker wipes": f"{counters['lost_messages']} / {wipes}",
         "reaped (lease expired) / re-sent (stale)": f"{len(reaper.total.reaped)} / {len(reaper.total.resent)}",
         "kill times (s)": [round(k, 1) for k in kills],
+        "API restart times (s) / dropped connections retried": f"{[round(r, 1) for r in restarts]} / "
+                                                               f"{counters['http_connection_errors']}",
         "orphan output files (attempt killed after writing)": orphans,
         "submit latency p50 / p95": f"{pct(0.5)} / {pct(0.95)}",
         "wall time": f"{elapsed:.1f} s",
@@ -711,7 +865,7 @@ def run_soak(cfg: SoakConfig, database_url: str, redis_url: str, work_dir: Path,
     result.criteria.append(("worker processes left running", str(len(result.leftover_pids)),
                             not result.leftover_pids))
     if not result.ok:
-        result.worker_logs = pool.log_tails()
+        result.worker_logs = pool.log_tails() + (f"\n--- API ---\n{api.log_tail()}" if api else "")
     engine.dispose()
     return result
 
@@ -731,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also kill when these fractions of the jobs have finished, e.g. 0.2,0.5,0.8")
     ap.add_argument("--worker-mode", choices=("python", "cli"), default="python",
                     help="python: make_celery(...) in each worker; cli: `celery -A ...celery_app worker` + env")
+    ap.add_argument("--api-restarts", type=int, default=d.api_restarts)
+    ap.add_argument("--http", action=argparse.BooleanOptionalAction, default=d.http,
+                    help="submit and cancel through the HTTP service (default) or JobStore directly")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     cfg = SoakConfig(**{k: getattr(args, k) for k in asdict(d) if hasattr(args, k)},
