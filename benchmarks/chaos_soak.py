@@ -248,7 +248,8 @@ def free_port() -> int:
 class ApiProcess:
     """The HTTP service in its own process, killed (``kill -9``) and started again by the harness."""
 
-    def __init__(self, celery_config: dict[str, Any], log_dir: Path, secret: str = "soak-url-signing-secret-0123456789"):
+    def __init__(self, celery_config: dict[str, Any], log_dir: Path,
+                 secret: str = "soak-url-signing-secret-0123456789"):
         self.config = {"celery": celery_config, "secret": secret, "port": free_port()}
         self.url = f"http://127.0.0.1:{self.config['port']}"
         self.log_dir = Path(log_dir)

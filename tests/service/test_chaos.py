@@ -3,14 +3,14 @@ and the API process killed under load.
 
 60 predictions over all tiers from 6 client threads, through HTTP with each user's API key (the API process
 gets ``kill -9`` and is started again once half of them are submitted; clients retry dropped connections with
-the same Idempotency-Key); 10 % resent with the same Idempotency-Key, 10 %
-cancelled at a random moment, 5 % failing in the model, 5 % losing their broker message at submit, and one
-wipe of the broker's waiting messages (Redis restarted without persistence). A random busy worker gets
+the same Idempotency-Key); 10 % resent with the same Idempotency-Key, 10 % cancelled at a random moment,
+5 % failing in the model, and one wipe of the broker's waiting messages (Redis restarted without
+persistence). A random busy worker gets
 ``kill -9`` when 10, 30, 50 and 70 % of the jobs have finished (4 kills whatever the machine's speed) and
 is replaced at once; the reaper runs every 0.5 s with 3 s leases. Pass: no lost job, no job with two
 outputs, no double settlement, the ledger sums to 0 and audits clean, every balance = initial - prices of
-the succeeded jobs, no 5xx answer, no worker process left. Runs in the normal suite (about a minute); the full size is
-``benchmarks/chaos_soak.py``. Skipped without Redis or PostgreSQL, failed instead when ``CI`` is set.
+the succeeded jobs, no 5xx answer, no worker process left. Runs in the normal suite (about a minute); the
+full size is ``benchmarks/chaos_soak.py``. Skipped without Redis or PostgreSQL, failed instead when ``CI`` is set.
 """
 
 from __future__ import annotations
