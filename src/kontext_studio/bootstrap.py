@@ -20,8 +20,8 @@ def model_source(settings: Settings) -> ModelSource:
 def build_editor(settings: Settings, on_status: Callable[[str], None] | None = None) -> Editor:
     """An Editor whose local tiers run on the diffusers backend (built on first use).
 
-    Remote tiers (pro, max) stay unconfigured until their backend is installed; selecting them raises
-    TierNotConfigured naming what is missing.
+    The hosted tiers (pro, max) run on the BFL API when ``BFL_API_KEY`` is set; otherwise selecting them
+    raises TierNotConfigured naming what is missing.
     """
 
     def diffusers_backend() -> EditBackend:
@@ -39,7 +39,22 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
             on_status=on_status,
         )
 
-    return Editor(backend_factories={"diffusers": diffusers_backend}, fidelity=build_fidelity(settings))
+    factories: dict[str, Callable[[], EditBackend]] = {"diffusers": diffusers_backend}
+    if settings.bfl_api_key:
+        factories["bfl_api"] = lambda: bfl_backend(settings)
+    return Editor(backend_factories=factories, fidelity=build_fidelity(settings))
+
+
+def bfl_backend(settings: Settings) -> EditBackend:
+    """The BFL API backend for the pro and max tiers (needs ``settings.bfl_api_key``).
+
+    Raises:
+        TierNotConfigured: no key.
+    """
+    from kontext_studio.core.backends.bfl_api import BflApiBackend, BflConfig
+
+    return BflApiBackend(BflConfig(api_key=settings.bfl_api_key or "", base_url=settings.bfl_base_url,
+                                   timeout=settings.bfl_timeout))
 
 
 def build_fidelity(settings: Settings) -> Fidelity | None:

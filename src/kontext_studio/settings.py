@@ -24,6 +24,9 @@ class Settings:
         allow_download: whether missing hub weights may be downloaded (``KONTEXT_ALLOW_DOWNLOAD``; on by
             default, off when ``HF_HUB_OFFLINE`` is set).
         bfl_api_key: key for the hosted Pro/Max tiers (``BFL_API_KEY``).
+        bfl_base_url: BFL's API, or another Kontext Studio server's BFL-compatible routes (``BFL_BASE_URL``,
+            default ``https://api.bfl.ai``).
+        bfl_timeout: seconds to wait for a hosted edit once BFL accepted it (``BFL_TIMEOUT``, default 600).
         face_model: an ArcFace-class ONNX model for identity scores instead of dlib's
             (``KONTEXT_FACE_MODEL``).
         database_url: the service database (``KONTEXT_DATABASE_URL``; default SQLite in ``home``).
@@ -42,6 +45,8 @@ class Settings:
     memory_mode: str = "auto"
     allow_download: bool = True
     bfl_api_key: str | None = None
+    bfl_base_url: str = "https://api.bfl.ai"
+    bfl_timeout: float = 600.0
     face_model: str | None = None
     database_url: str | None = None
     broker_url: str | None = None
@@ -63,6 +68,8 @@ class Settings:
             memory_mode=e.get("KONTEXT_MEMORY_MODE", "auto"),
             allow_download=not offline and e.get("KONTEXT_ALLOW_DOWNLOAD", "1").lower() in _TRUE,
             bfl_api_key=e.get("BFL_API_KEY") or None,
+            bfl_base_url=e.get("BFL_BASE_URL") or "https://api.bfl.ai",
+            bfl_timeout=float(e.get("BFL_TIMEOUT") or 600),
             face_model=e.get("KONTEXT_FACE_MODEL") or None,
             database_url=e.get("KONTEXT_DATABASE_URL") or None,
             broker_url=e.get("KONTEXT_BROKER_URL") or None,

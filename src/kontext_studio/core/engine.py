@@ -21,7 +21,13 @@ from typing import Any
 
 from PIL import Image
 
-from kontext_studio.core.backends.base import CancelFn, EditBackend, GenerationPlan, PreparedReference
+from kontext_studio.core.backends.base import (
+    CancelFn,
+    EditBackend,
+    GenerationPlan,
+    PreparedReference,
+    RemoteTaskLog,
+)
 from kontext_studio.core.contact_sheet import contact_sheet
 from kontext_studio.core.errors import InvalidRequest, RecipeError, TierNotConfigured
 from kontext_studio.core.fidelity_base import Fidelity
@@ -161,7 +167,8 @@ class Editor:
 
     # -- public API ---------------------------------------------------------------------------
     def edit(self, request: EditRequest, on_progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None, _loaded: list[LoadedImage] | None = None) -> EditResult:
+             cancel: CancelFn | None = None, _loaded: list[LoadedImage] | None = None,
+             remote_tasks: RemoteTaskLog | None = None) -> EditResult:
         """Run one edit.
 
         With a fidelity analyser configured, the references are checked, the output is pixel-locked
@@ -173,6 +180,8 @@ class Editor:
             request: what to do.
             on_progress: called with (phase, done, total); phases ``load``, ``denoise``, ``done``.
             cancel: polled between denoising steps; returning True stops the edit.
+            remote_tasks: for hosted tiers, where the upstream task is noted as soon as it is known, so a
+                retried job resumes it instead of sending the request again (the service passes the job's).
 
         Returns:
             The EditResult (image at the promised size, seed, recipe, timings, warnings, scores).
@@ -220,7 +229,11 @@ class Editor:
         # __post_init__ already normalised these; the constructors only narrow the types.
         strategy, fmt = Strategy(request.strategy), OutputFormat(request.output_format)
         geometry = plan_output(loaded[0].size, request.aspect_ratio, GeometryMode(request.geometry), resolution)
-        prepared, ref_warnings = self._prepare(loaded, request.references, strategy, resolution)
+        if backend.separate_references:  # hosted Max: each reference goes up as its own image
+            prepared = [PreparedReference(li.image, li.sha256, li.size, Placement(1, 0, 0)) for li in loaded]
+            ref_warnings: list[str] = []
+        else:
+            prepared, ref_warnings = self._prepare(loaded, request.references, strategy, resolution)
         warnings += ref_warnings + list(geometry.warnings)
         seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
         steps = int(request.steps or tier.steps or 28)
@@ -236,6 +249,13 @@ class Editor:
             loras=list(request.loras),
             step_cache=tier.step_cache,
             step_cache_threshold=tier.step_cache_threshold,
+            tier=tier.name,
+            roles=[str(r.role) if r.role else None for r in request.references],
+            aspect_ratio=request.aspect_ratio,
+            output_format=fmt.value,
+            safety_tolerance=request.safety_tolerance,
+            prompt_upsampling=bool(request.prompt_upsampling),
+            remote_tasks=remote_tasks,
         )
         subject = next((i for i, r in enumerate(request.references) if r.role == "subject"), 0)
         candidates = int(request.candidates)
@@ -274,8 +294,9 @@ class Editor:
             "instruction": plan.instruction,
             "tier": tier.name,
             "seed": best.seed,
-            "steps": steps,
-            "guidance": guidance,
+            # Hosted tiers choose their own steps and guidance: record none rather than numbers never used.
+            "steps": steps if tier.local or tier.steps is not None else None,
+            "guidance": guidance if tier.local or tier.guidance is not None else None,
             "strategy": strategy.value,
             "geometry": GeometryMode(request.geometry).value,
             "aspect_ratio": request.aspect_ratio,
@@ -289,6 +310,9 @@ class Editor:
             ],
             "loras": best.info.get("loras", [{"path": lo.path, "weight": lo.weight} for lo in request.loras]),
             "model": model,
+            "hosted": best.info.get("hosted"),
+            "safety_tolerance": request.safety_tolerance,
+            "prompt_upsampling": bool(request.prompt_upsampling),
             "model_size": list(geometry.model_size),
             "output_size": list(best.image.size),
             "identity": identity,
@@ -449,6 +473,8 @@ class Editor:
             geometry=recipe.get("geometry", "lock"),
             # The guard already picked its seed (recorded above): replay exactly that one.
             pixel_lock="off" if recipe.get("pixel_lock") == "off" else "auto",
+            safety_tolerance=recipe.get("safety_tolerance"),
+            prompt_upsampling=bool(recipe.get("prompt_upsampling")),
         )
         if recipe.get("pixel_lock") == "mask":
             raise RecipeError("this edit used a user mask for the pixel lock; masks are not stored in the recipe, "

@@ -75,8 +75,8 @@ TIERS: dict[str, TierSpec] = {
         steps=None,
         guidance=None,
         description="BFL's hosted Kontext [pro]: stronger edits and typography, one reference.",
-        trades="Hosted: needs a BFL API key and network access; steps and guidance are chosen by BFL.",
-        requires=("BFL_API_KEY", "the bfl_api backend"),
+        trades="Hosted: needs a BFL API key and network access; steps and guidance are chosen by BFL; no LoRAs.",
+        requires=("BFL_API_KEY",),
     ),
     "max": TierSpec(
         name="max",
@@ -87,8 +87,9 @@ TIERS: dict[str, TierSpec] = {
         steps=None,
         guidance=None,
         description="BFL's hosted Kontext [max]: the flagship, up to four references at once.",
-        trades="Hosted: needs a BFL API key and network access; the most expensive tier.",
-        requires=("BFL_API_KEY", "the bfl_api backend"),
+        trades="Hosted: needs a BFL API key and network access; the most expensive tier; no LoRAs. Each reference "
+        "goes up as its own image, with the roles as a sentence in the prompt.",
+        requires=("BFL_API_KEY",),
     ),
 }
 

@@ -22,6 +22,7 @@ MAX_INSTRUCTION_CHARS = 2000
 MAX_STEPS = 100
 MAX_SEED = 2**63 - 1
 MAX_CANDIDATES = 8
+SAFETY_TOLERANCE_RANGE = (0, 6)  # BFL's moderation tolerance: 0 strictest, 6 most permissive
 PIXEL_LOCK_MODES = ("auto", "off")
 
 
@@ -126,6 +127,8 @@ class EditRequest:
     pixel_lock: str = "auto"
     lock_mask: str | Path | bytes | Image.Image | None = None
     check_references: bool = True
+    safety_tolerance: int | None = None  # hosted tiers only (BFL's default 2 when None)
+    prompt_upsampling: bool = False  # hosted tiers only: BFL rewrites the prompt before the edit
 
     def __post_init__(self) -> None:
         self.output_format = _enum(OutputFormat, self.output_format, "output_format")
@@ -150,6 +153,21 @@ class EditRequest:
                 "combine some into one picture or drop the least important",
                 field="references",
             )
+        from kontext_studio.core.registry import TIERS  # registry is data only; imported late like resolution
+
+        spec = TIERS.get(self.tier)
+        if spec is not None and n > spec.max_references:
+            raise InvalidRequest(
+                f"references: tier {spec.name} takes at most {spec.max_references} reference image(s), got {n}; "
+                "use --tier max (hosted, up to 4) or dev for several references",
+                field="references",
+            )
+        low, high = SAFETY_TOLERANCE_RANGE
+        if self.safety_tolerance is not None and (
+                isinstance(self.safety_tolerance, bool) or not low <= int(self.safety_tolerance) <= high):
+            raise InvalidRequest(
+                f"safety_tolerance must be an integer from {low} (strictest) to {high} (most permissive), got "
+                f"{self.safety_tolerance!r}", field="safety_tolerance")
         text = self.instruction.strip() if isinstance(self.instruction, str) else ""
         if not text:
             raise InvalidRequest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -14,6 +14,35 @@ from kontext_studio.core.types import LoraSpec, Strategy
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 CancelFn = Callable[[], bool]  # True to stop at the next step
+
+
+class RemoteTaskLog(Protocol):
+    """Where a hosted backend notes the upstream tasks it started, so that no attempt ever sends a request twice.
+
+    A request is named by ``key`` (a hash of exactly what would be sent). The service keeps the log on the job
+    row, so a worker that restarts finds the task an earlier attempt started and resumes polling it.
+    """
+
+    def reserve(self, key: str) -> dict[str, Any] | None:
+        """Before sending request ``key``.
+
+        Returns:
+            None when nothing was sent for ``key`` yet (the reservation is now recorded: send it), or the
+            entry an earlier attempt left: ``{"state": "sent", "id", "polling_url", ...}`` (resume that task)
+            or ``{"state": "sending", ...}`` (it may have been accepted: do not send it again).
+
+        Raises:
+            Canceled: this attempt is no longer the current one (nothing may be sent).
+        """
+        ...
+
+    def record(self, key: str, task: dict[str, Any]) -> None:
+        """The upstream accepted request ``key`` as ``task`` (its id, polling URL, cost)."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Request ``key`` certainly never reached the upstream (refused connection, 4xx): forget it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +69,14 @@ class GenerationPlan:
     loras: list[LoraSpec] = field(default_factory=list)
     step_cache: str | None = None
     step_cache_threshold: float = 0.0
+    # What hosted backends send as is (local backends use model_size and the references' placements).
+    tier: str = ""
+    roles: list[str | None] = field(default_factory=list)
+    aspect_ratio: str = "match_input_image"
+    output_format: str = "png"
+    safety_tolerance: int | None = None
+    prompt_upsampling: bool = False
+    remote_tasks: RemoteTaskLog | None = None
 
 
 @dataclass
@@ -56,6 +93,9 @@ class EditBackend(ABC):
     """A way to run Kontext. Implementations keep their model warm between calls."""
 
     name: str = "base"
+    # True for backends that take each reference as its own image (hosted Max): the engine then neither
+    # stitches nor tiles them.
+    separate_references: bool = False
 
     @property
     @abstractmethod
