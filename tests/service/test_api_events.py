@@ -112,6 +112,25 @@ def test_upload_then_use_the_file_id(app: Any, accounts: SqlAccounts) -> None:
     assert gif.status_code == 415
 
 
+def test_an_uploaded_file_belongs_to_its_uploader(app: Any, accounts: SqlAccounts) -> None:
+    alice, _ = user_client(app, accounts)
+    bob, _ = user_client(app, accounts)
+    file_id = alice.http.post("/v1/files", content=png(), headers=alice.headers).json()["id"]
+    assert [f["id"] for f in alice.get("/v1/files").json()["results"]] == [file_id]
+    assert bob.get("/v1/files").json()["results"] == []
+    stolen = bob.post("/v1/predictions", {"input": {"prompt": "x", "input_image": file_id}})
+    assert stolen.status_code == 422 and "no uploaded file" in stolen.json()["detail"]
+    assert bob.get("/v1/account").json()["credits"]["held"] == 0
+    via_shim = bob.http.post("/v1/flux-kontext-dev", json={"prompt": "x", "input_image": file_id},
+                             headers={"x-key": bob.headers["Authorization"][7:]})
+    assert via_shim.status_code == 422
+    # the same bytes uploaded by Bob become Bob's too (one blob, two owners)
+    again = bob.http.post("/v1/files", content=png(), headers=bob.headers).json()["id"]
+    assert again == file_id
+    pid = bob.post("/v1/predictions", {"input": {"prompt": "x", "input_image": again, "num_inference_steps": 1}})
+    assert pid.status_code == 201
+
+
 def test_single_user_mode_and_refusal_on_public_address(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     first = prepare(settings, "127.0.0.1")

@@ -34,6 +34,7 @@ from kontext_studio.service.jobs.reaper import Reaper
 from kontext_studio.service.jobs.worker import InProcessWorker
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked, safe_client
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited, sniff_image
+from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.webhooks import WebhookOutbox, WebhookSender
@@ -99,6 +100,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
+    files = SqlFiles(sessions)
     worker: InProcessWorker | None = None  # built below, once the job store exists
     signer = UrlSigner(secret)
     limiter = RateLimiter(rate_limit, 60.0)
@@ -246,7 +248,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         if body.webhook:  # refused up front, not at delivery time
             resolve_checked(body.webhook, allow_http=allow_http_webhooks, policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
-        normalized = normalize_input(body.input, tier, storage)
+        normalized = normalize_input(body.input, tier, storage, owns_file=lambda key: files.owns(user.id, key))
         price = 0 if free else spec.price_credits
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,
@@ -374,8 +376,17 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         kind = sniff_image(bytes(data))
         key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
         storage.put(key, bytes(data))
+        await asyncio.to_thread(files.record, user.id, key, key.split("/")[1].split(".")[0], MEDIA_TYPES[kind],
+                                len(data))
         return {"id": f"file:{key}", "content_type": MEDIA_TYPES[kind], "size": len(data),
                 "urls": {"get": file_url(base_of(request), key)}}
+
+    @app.get("/v1/files")
+    def list_files(request: Request, user: User, limit: int = 100) -> dict[str, Any]:
+        """Your uploads, newest first: ids usable as ``input_image`` and short-lived download URLs."""
+        return {"results": [{"id": f"file:{f.key}", "content_type": f.content_type, "size": f.size,
+                             "created_at": f.created_at.isoformat(), "urls": {"get": file_url(base_of(request), f.key)}}
+                            for f in files.list(user.id, limit)]}
 
     @app.get("/v1/files/{key:path}", name="get_file")
     def get_file(key: str, expires: int, sig: str) -> Response:

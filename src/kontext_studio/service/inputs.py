@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from kontext_studio.core.errors import InvalidRequest
@@ -26,13 +27,15 @@ FILE_PREFIX = "file:"
 MAX_IMAGE_BYTES = 20 * 2**20
 
 
-def _decode_image(value: Any, field: str, storage: Storage) -> str:
+def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[[str], bool] | None = None) -> str:
     """A stored reference key for a data URL / base64 string / uploaded file reference."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
     if value.startswith(FILE_PREFIX) or value.startswith("uploads/"):
         key = value.removeprefix(FILE_PREFIX)
-        if not key.startswith("uploads/") or not storage.exists(key):
+        # Another user's file answers exactly like a missing one: ids reveal nothing across accounts.
+        if not key.startswith("uploads/") or not storage.exists(key) or (owns_file is not None
+                                                                          and not owns_file(key)):
             raise InvalidRequest(f"{field}: no uploaded file {value!r}; upload it with POST /v1/files", field=field)
         return key
     if value.startswith(("http://", "https://")):
@@ -52,8 +55,19 @@ def _decode_image(value: Any, field: str, storage: Storage) -> str:
     return key
 
 
-def normalize_input(raw: Any, tier: str, storage: Storage) -> dict[str, Any]:
+def normalize_input(raw: Any, tier: str, storage: Storage,
+                    owns_file: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Check an input object and replace its images with stored keys.
+
+    Args:
+        raw: the prediction's ``input`` as the client sent it.
+        tier: the tier it runs on (decides limits such as the number of references).
+        storage: where images are stored.
+        owns_file: whether the submitting user uploaded the file under a key (``None``: any stored upload
+            is accepted, for trusted callers such as the CLI and tests).
+
+    Returns:
+        The input with images replaced by storage keys, ready to store with the job.
 
     Raises:
         InvalidRequest: the field, the value and the fix (HTTP 422).
@@ -69,7 +83,8 @@ def normalize_input(raw: Any, tier: str, storage: Storage) -> dict[str, Any]:
     images = [raw.get(f) for f in IMAGE_FIELDS]
     if not images[0]:
         raise InvalidRequest("input_image: the reference image is required", field="input_image")
-    body["images"] = [_decode_image(v, f, storage) for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
+    body["images"] = [_decode_image(v, f, storage, owns_file)
+                      for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
     to_request(body, tier, storage, check_only=True).validate()
     return body
 
