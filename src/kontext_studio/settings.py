@@ -34,6 +34,8 @@ class Settings:
         secret: server secret for signed URLs (``KONTEXT_SECRET``; default a random one kept in ``home``).
         free: switch credit prices off for a private install (``KONTEXT_FREE``).
         local_credits: credits granted to the local admin created on first start (``KONTEXT_LOCAL_CREDITS``).
+        allow_image_urls: accept ``https://`` image URLs in prediction inputs, fetched through the SSRF guard
+            (``KONTEXT_ALLOW_IMAGE_URLS``; off by default).
     """
 
     model: str | None = None
@@ -53,6 +55,7 @@ class Settings:
     secret: str | None = None
     free: bool = False
     local_credits: int = 1000
+    allow_image_urls: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +79,7 @@ class Settings:
             secret=e.get("KONTEXT_SECRET") or None,
             free=e.get("KONTEXT_FREE", "").lower() in _TRUE,
             local_credits=int(e.get("KONTEXT_LOCAL_CREDITS", "1000")),
+            allow_image_urls=e.get("KONTEXT_ALLOW_IMAGE_URLS", "").lower() in _TRUE,
         )
 
     @property

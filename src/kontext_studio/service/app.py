@@ -32,6 +32,7 @@ from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.reaper import Reaper
 from kontext_studio.service.jobs.worker import InProcessWorker
+from kontext_studio.service.security.remote_images import ImageFetcher
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked, safe_client
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited, sniff_image
 from kontext_studio.service.storage.files_sql import SqlFiles
@@ -79,7 +80,8 @@ class PredictionIn(BaseModel):
 def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, free: bool = False,
                local_user_id: int | None = None, start_worker: bool = True, public_url: str = "http://127.0.0.1:8000",
                webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False,
-               rate_limit: int = 60, max_active_per_user: int = 8, dispatcher: Dispatcher | None = None) -> FastAPI:
+               rate_limit: int = 60, max_active_per_user: int = 8, dispatcher: Dispatcher | None = None,
+               image_urls: ImageFetcher | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -97,6 +99,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         max_active_per_user: waiting + running predictions a user may have at once.
         dispatcher: send jobs to Celery workers instead of the in-process worker (a reaper then runs here
             to re-send jobs whose lease expired or whose message was lost).
+        image_urls: accept image URLs in inputs, fetched through this SSRF-guarded fetcher (``None``: URLs
+            are refused with a message saying how to send the image instead).
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
@@ -248,7 +252,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         if body.webhook:  # refused up front, not at delivery time
             resolve_checked(body.webhook, allow_http=allow_http_webhooks, policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
-        normalized = normalize_input(body.input, tier, storage, owns_file=lambda key: files.owns(user.id, key))
+        normalized = normalize_input(body.input, tier, storage, owns_file=lambda key: files.owns(user.id, key),
+                                     fetch_url=image_urls)
         price = 0 if free else spec.price_credits
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,

@@ -27,8 +27,9 @@ FILE_PREFIX = "file:"
 MAX_IMAGE_BYTES = 20 * 2**20
 
 
-def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[[str], bool] | None = None) -> str:
-    """A stored reference key for a data URL / base64 string / uploaded file reference."""
+def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[[str], bool] | None = None,
+                  fetch_url: Callable[[str, str], bytes] | None = None) -> str:
+    """A stored reference key for a data URL / base64 string / uploaded file reference / image URL."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
     if value.startswith(FILE_PREFIX) or value.startswith("uploads/"):
@@ -39,13 +40,16 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
             raise InvalidRequest(f"{field}: no uploaded file {value!r}; upload it with POST /v1/files", field=field)
         return key
     if value.startswith(("http://", "https://")):
-        raise InvalidRequest(f"{field}: image URLs are switched off on this server; send the image as a data "
-                             "URL or upload it with POST /v1/files", field=field)
-    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{field}: not valid base64 image data", field=field) from None
+        if fetch_url is None:
+            raise InvalidRequest(f"{field}: image URLs are switched off on this server; send the image as a data "
+                                 "URL or upload it with POST /v1/files", field=field)
+        data = fetch_url(value, field)
+    else:
+        payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"{field}: not valid base64 image data", field=field) from None
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidRequest(f"{field}: the image is over {MAX_IMAGE_BYTES // 2**20} MB", field=field)
     kind = sniff_image(data)
@@ -55,8 +59,8 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
     return key
 
 
-def normalize_input(raw: Any, tier: str, storage: Storage,
-                    owns_file: Callable[[str], bool] | None = None) -> dict[str, Any]:
+def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[str], bool] | None = None,
+                    fetch_url: Callable[[str, str], bytes] | None = None) -> dict[str, Any]:
     """Check an input object and replace its images with stored keys.
 
     Args:
@@ -65,6 +69,7 @@ def normalize_input(raw: Any, tier: str, storage: Storage,
         storage: where images are stored.
         owns_file: whether the submitting user uploaded the file under a key (``None``: any stored upload
             is accepted, for trusted callers such as the CLI and tests).
+        fetch_url: fetches an image URL (``security.remote_images.ImageFetcher``); ``None``: URLs are refused.
 
     Returns:
         The input with images replaced by storage keys, ready to store with the job.
@@ -83,7 +88,7 @@ def normalize_input(raw: Any, tier: str, storage: Storage,
     images = [raw.get(f) for f in IMAGE_FIELDS]
     if not images[0]:
         raise InvalidRequest("input_image: the reference image is required", field="input_image")
-    body["images"] = [_decode_image(v, f, storage, owns_file)
+    body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url)
                       for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
     to_request(body, tier, storage, check_only=True).validate()
     return body

@@ -97,6 +97,8 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
               say: Callable[[str], None] = print) -> Any:
     """The FastAPI app for ``kontext serve``."""
     from kontext_studio.service.app import create_app
+    from kontext_studio.service.inputs import MAX_IMAGE_BYTES
+    from kontext_studio.service.security.remote_images import ImageFetcher
     from kontext_studio.service.storage.storage_local import LocalStorage
 
     prepared = prepare(settings, host)
@@ -113,7 +115,8 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
         say(f"jobs go to Celery workers through {settings.broker_url} (start them with `kontext worker`)")
     return create_app(prepared.engine, LocalStorage(storage_root(settings)),
                       editor_factory(), server_secret(settings),
-                      free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher)
+                      free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher,
+                      image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None)
 
 
 def storage_root(settings: Settings) -> Path:
