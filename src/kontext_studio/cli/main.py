@@ -13,6 +13,7 @@ import typer
 
 from kontext_studio.bootstrap import build_editor, model_source, with_overrides
 from kontext_studio.cli.output import err, fail, out, print_json, progress_bars
+from kontext_studio.cli.train import app as train_app
 from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.recipe import format_for_path, read_recipe
 from kontext_studio.core.registry import TIERS
@@ -472,6 +473,7 @@ def worker(hostname: Annotated[str | None, typer.Option(help="Celery worker name
 
 admin = typer.Typer(help="Users, API keys and credits of the service database.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
+app.add_typer(train_app, name="train-lora")
 
 
 def _accounts() -> Any:
