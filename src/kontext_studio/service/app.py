@@ -354,7 +354,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             out.append({"name": name, "owner": "black-forest-labs", "tier": tier, "title": spec.title,
                         "credits": 0 if free else spec.price_credits, "max_references": spec.max_references,
                         "default_steps": spec.steps, "description": spec.description, "trades": spec.trades,
-                        "configured": ready, "missing": missing})
+                        "backend": spec.backend, "configured": ready, "missing": missing})
         return {"results": out}
 
     @app.get("/v1/account")

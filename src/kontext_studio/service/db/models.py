@@ -128,6 +128,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     bfl_task_id: Mapped[str | None] = mapped_column(String(128))
+    # Hosted tiers: the upstream task as soon as it is known, so a retried job resumes it (migration 0002).
+    bfl_polling_url: Mapped[str | None] = mapped_column(String(2048))
+    bfl_tasks: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -279,3 +279,55 @@ class JobStore:
             for j in jobs:
                 s.expunge(j)
             return jobs
+
+
+class JobRemoteTasks:
+    """The job's log of hosted (BFL) tasks, kept on its row: ``core.backends.base.RemoteTaskLog``.
+
+    ``reserve`` is fenced by the claim's attempt, so only the current attempt may send a request; ``record``
+    is not, because once BFL accepted a task it exists (and is paid for) whichever attempt sent it.
+
+    Args:
+        store: the job store.
+        claim: the attempt that runs the edit.
+    """
+
+    def __init__(self, store: JobStore, claim: Claim):
+        self.store, self.claim = store, claim
+
+    def _locked(self, s: Session) -> Job | None:
+        q = select(Job).where(Job.id == self.claim.job_id)
+        if s.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update()  # two attempts of one job never both find the key free
+        return s.scalar(q)
+
+    def reserve(self, key: str) -> dict[str, Any] | None:
+        from kontext_studio.core.errors import Canceled
+
+        with self.store.sessions.begin() as s:
+            job = self._locked(s)
+            if job is None or job.attempt != self.claim.attempt or job.status != JobStatus.PROCESSING:
+                raise Canceled(f"prediction {self.claim.job_id}: attempt {self.claim.attempt} is no longer current")
+            tasks = dict(job.bfl_tasks or {})
+            if key in tasks:
+                return dict(tasks[key])
+            tasks[key] = {"state": "sending", "attempt": self.claim.attempt, "at": utcnow().isoformat()}
+            job.bfl_tasks = tasks  # a new dict: SQLAlchemy does not see in-place changes to JSON
+            return None
+
+    def record(self, key: str, task: dict[str, Any]) -> None:
+        with self.store.sessions.begin() as s:
+            job = self._locked(s)
+            if job is None:
+                return
+            job.bfl_tasks = {**(job.bfl_tasks or {}), key: {**task, "state": "sent"}}
+            job.bfl_task_id, job.bfl_polling_url = str(task.get("id"))[:128], task.get("polling_url")
+            line = f"BFL task {task.get('id')} accepted (cost {task.get('cost')})\n"
+            job.logs = (job.logs or "") + line
+
+    def release(self, key: str) -> None:
+        with self.store.sessions.begin() as s:
+            job = self._locked(s)
+            if job is None or key not in (job.bfl_tasks or {}):
+                return
+            job.bfl_tasks = {k: v for k, v in (job.bfl_tasks or {}).items() if k != key}
