@@ -26,6 +26,7 @@ from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
+from kontext_studio.service.api.studio import search_jobs, studio_api_router
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
@@ -39,6 +40,8 @@ from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.webhooks import WebhookOutbox, WebhookSender
+from kontext_studio.web import mount_studio
+from kontext_studio.web.auth import StudioAuth, is_cross_site
 
 BFL_STATUS = {"starting": "Pending", "processing": "Pending", "succeeded": "Ready", "failed": "Error",
               "canceled": "Error", "aborted": "Error"}
@@ -161,6 +164,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     app.state.worker = worker
     app.add_exception_handler(KontextError, kontext_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    studio_auth = StudioAuth(secret)
 
     def current_user(request: Request, authorization: Annotated[str | None, Header()] = None,
                      x_key: Annotated[str | None, Header()] = None) -> UserRecord:
@@ -171,8 +175,12 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             if user is None:
                 raise Unauthorized("the API key is unknown or revoked")
             return user
+        studio_user = studio_auth.user_id(request)  # the studio's cookie (CSRF-checked on writes)
+        if studio_user is not None:
+            return accounts.get_user(studio_user)
         client = request.client.host if request.client else ""
-        if services.local_user_id is not None and client in ("127.0.0.1", "::1", "testclient"):
+        if services.local_user_id is not None and client in ("127.0.0.1", "::1", "testclient") \
+                and not is_cross_site(request):  # another site's page in the local browser is not the user
             return accounts.get_user(services.local_user_id)
         raise Unauthorized("send an API key: Authorization: Bearer ks_... (or x-key for the BFL routes)")
 
@@ -332,8 +340,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/predictions")
-    def list_predictions(request: Request, user: User, limit: int = 50) -> dict[str, Any]:
-        items = jobs.list(user.id, limit=max(1, min(100, limit)))
+    def list_predictions(request: Request, user: User, limit: int = 50, q: str | None = None,
+                         tier: str | None = None, status: str | None = None) -> dict[str, Any]:
+        """The caller's predictions, newest first; ``q`` matches words in the prompt, ``tier`` and ``status``
+        filter."""
+        items = search_jobs(jobs.readers, user.id, q=q, tier=tier, status=status, limit=limit)
         return {"results": [envelope(base_of(request), j) for j in items], "next": None}
 
     @app.post("/v1/predictions/{prediction_id}/cancel", name="cancel_prediction")
@@ -428,5 +439,17 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             else None
         return {"id": id, "status": BFL_STATUS[job.status], "result": result, "progress": job.progress,
                 "error": job.error}
+
+    # -- the studio: its API (open to every client) and its pages at / -------------------------------
+    def submit_for_studio(me: UserRecord, tier: str, payload: dict[str, Any]) -> str:
+        return _submit(me, tier, PredictionIn(**payload), None, None, None)[0]
+
+    app.include_router(studio_api_router(
+        sessions=sessions, readers=jobs.readers, accounts=accounts, jobs=jobs, storage=storage, user=current_user,
+        envelope_for=lambda request, job: envelope(base_of(request), job),
+        file_url_for=lambda request, key: file_url(base_of(request), key), owns_file=files.owns,
+        submit=submit_for_studio, free=free))
+    mount_studio(app, auth=studio_auth, accounts=accounts, jobs=jobs, editor=editor, free=free,
+                 file_url_for=lambda request, key: file_url(base_of(request), key))
 
     return app

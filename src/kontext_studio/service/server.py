@@ -113,10 +113,24 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
 
         dispatcher = CeleryDispatcher(celery_app(settings))
         say(f"jobs go to Celery workers through {settings.broker_url} (start them with `kontext worker`)")
-    return create_app(prepared.engine, LocalStorage(storage_root(settings)),
-                      editor_factory(), server_secret(settings),
-                      free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher,
-                      image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None)
+    app = create_app(prepared.engine, LocalStorage(storage_root(settings)),
+                     editor_factory(), server_secret(settings),
+                     free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher,
+                     image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None)
+    app.state.weights_status = lambda: missing_weights(settings)  # the studio's banner
+    return app
+
+
+def missing_weights(settings: Settings) -> str | None:
+    """None when the Kontext [dev] weights are where the settings point, else how to get them (no download)."""
+    from kontext_studio.bootstrap import model_source
+    from kontext_studio.core.weights import locate
+
+    try:
+        status = locate(model_source(settings), settings.hf_token, download=False)
+    except Exception as exc:  # a broken cache must not take the page down; say what happened instead
+        return f"the weights could not be checked: {exc.__class__.__name__}: {exc}"
+    return None if status.found else status.message
 
 
 def storage_root(settings: Settings) -> Path:

@@ -1,0 +1,241 @@
+"""The studio's pages: studio (editor), series, history, one prediction, account, sign-in.
+
+``mount_studio`` adds them to the service app together with ``/static``. A page request signs the user
+in from the studio cookie; on a single-user server a request from this machine signs in automatically
+(a cookie is issued on the first page, so later API calls carry the cookie and its CSRF token).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.errors import KontextError
+from kontext_studio.core.registry import TIERS
+from kontext_studio.service.accounts.accounts_common import UserRecord
+from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.api.studio import ROLES, search_jobs
+from kontext_studio.service.db import Job, JobStatus, LedgerEntry
+from kontext_studio.service.jobs.jobs_sql import JobStore
+from kontext_studio.web.auth import COOKIE, CsrfRejected, StudioAuth, StudioSession, is_cross_site
+
+HERE = Path(__file__).parent
+ASPECTS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21")
+STRATEGIES = {"stitch": "Stitch (default): side by side in one canvas",
+              "offset": "Offset: each encoded alone, tiled on the position grid",
+              "index": "Index: own position index (LoRAs trained that way)"}
+WEIGHTS_CHECK_SECONDS = 30.0
+
+
+@dataclass
+class Page:
+    """Who is looking at a page, and the cookie to set when the sign-in happened just now."""
+
+    user: UserRecord
+    session: StudioSession
+    new_cookie: str | None = None
+
+
+def _aspect_shape(ratio: str) -> tuple[int, int]:
+    """Width and height (px, longest side 28) of the little shape drawn for an aspect preset."""
+    if ratio == "match_input_image":
+        return 22, 22
+    w, h = (int(x) for x in ratio.split(":"))
+    scale = 28 / max(w, h)
+    return max(8, round(w * scale)), max(8, round(h * scale))
+
+
+def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs: JobStore, editor: Editor,
+                 free: bool, file_url_for: Callable[[Request, str], str]) -> None:
+    """Add the studio's pages and static files to ``app``.
+
+    Args:
+        app: the service app (``app.state.weights_status``, when set by the server, is a callable
+            returning None when the Kontext [dev] weights are present, or the how-to-get-them message).
+        auth: cookie sessions and CSRF tokens.
+        accounts: users, keys, credits.
+        jobs: the job store (history and prediction pages).
+        editor: the engine (which tiers are configured).
+        free: prices switched off.
+        file_url_for: (request, storage key) → a signed file URL.
+    """
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    weights_cache: dict[str, Any] = {"at": 0.0, "message": None}
+
+    def weights_message(request: Request) -> str | None:
+        check = getattr(request.app.state, "weights_status", None)
+        if check is None:
+            return None
+        if time.monotonic() - weights_cache["at"] > WEIGHTS_CHECK_SECONDS:
+            weights_cache["message"], weights_cache["at"] = check(), time.monotonic()
+        message: str | None = weights_cache["message"]
+        return message
+
+    def sign_in(request: Request) -> Page | None:
+        session = auth.read(request.cookies.get(COOKIE))
+        if session is not None:
+            try:
+                return Page(accounts.get_user(session.user_id), session)
+            except KontextError:
+                return None
+        local = request.app.state.services.local_user_id
+        client = request.client.host if request.client else ""
+        if local is not None and client in ("127.0.0.1", "::1", "testclient") and not is_cross_site(request):
+            cookie, session = auth.issue(local)
+            return Page(accounts.get_user(local), session, cookie)
+        return None
+
+    def tiers() -> list[dict[str, Any]]:
+        out = []
+        for spec in TIERS.values():
+            try:
+                editor.backend_for(spec)
+                configured, missing = True, None
+            except KontextError as exc:
+                configured, missing = False, str(exc)
+            out.append({"name": spec.name, "title": spec.title, "price": 0 if free else spec.price_credits,
+                        "description": spec.description, "trades": spec.trades, "steps": spec.steps,
+                        "guidance": spec.guidance, "max_references": spec.max_references,
+                        "configured": configured, "missing": missing})
+        return out
+
+    def render(request: Request, page: Page, template: str, status_code: int = 200, **context: Any) -> Response:
+        bal = accounts.balance(page.user.id)
+        response = templates.TemplateResponse(request, template, {
+            "user": page.user, "credits": bal.available, "held": bal.held, "free": free,
+            "csrf": auth.csrf_token(page.session), "weights_message": weights_message(request), **context},
+            status_code=status_code)
+        if page.new_cookie:
+            set_cookie(request, response, page.new_cookie)
+        return response
+
+    def set_cookie(request: Request, response: Response, value: str) -> None:
+        response.set_cookie(COOKIE, value, max_age=auth.lifetime, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+
+    def signed_in(request: Request) -> Page | RedirectResponse:
+        page = sign_in(request)
+        return page if page is not None else RedirectResponse("/sign-in", status_code=303)
+
+    def card(request: Request, job: Job) -> dict[str, Any]:
+        files = (job.output or {}).get("files") or []
+        images = job.input.get("images") or []
+        identity = (job.output or {}).get("identity") or {}
+        return {"id": job.id, "prompt": job.input.get("prompt") or "", "tier": job.tier, "status": job.status,
+                "created_at": job.created_at, "cost": job.cost, "error": job.error,
+                "output": file_url_for(request, files[0]) if files and job.status == JobStatus.SUCCEEDED else None,
+                "input": file_url_for(request, images[0]) if images else None,
+                "similarity": identity.get("similarity"), "seed": (job.output or {}).get("seed")}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def studio(request: Request) -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        return render(request, page, "studio.html", tiers=tiers(), roles=ROLES,
+                      aspects=[(a, _aspect_shape(a)) for a in ASPECTS], strategies=STRATEGIES)
+
+    @app.get("/series", response_class=HTMLResponse, include_in_schema=False)
+    def series(request: Request) -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        return render(request, page, "series.html", tiers=tiers(), roles=ROLES)
+
+    @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
+    def history(request: Request, q: str = "", tier: str = "", status: str = "") -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        error = None
+        try:
+            found = search_jobs(jobs.readers, page.user.id, q=q or None, tier=tier or None, status=status or None)
+        except KontextError as exc:
+            found, error = [], str(exc)
+        template = "_history_results.html" if request.headers.get("hx-request") else "history.html"
+        return render(request, page, template, items=[card(request, j) for j in found], q=q, tier=tier,
+                      status=status, tiers=list(TIERS), statuses=[s.value for s in JobStatus], error=error)
+
+    @app.get("/predictions/{prediction_id}", response_class=HTMLResponse, include_in_schema=False)
+    def prediction_page(request: Request, prediction_id: str) -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        try:
+            job = jobs.get(page.user.id, prediction_id)
+        except KontextError:
+            return render(request, page, "not_found.html", status_code=404, what=f"prediction {prediction_id}")
+        settings = {k: v for k, v in job.input.items() if k != "images"}
+        return render(request, page, "prediction.html", job=card(request, job), settings=settings,
+                      recipe=(job.output or {}).get("recipe"), warnings=(job.output or {}).get("warnings") or [],
+                      inputs=[file_url_for(request, k) for k in job.input.get("images", [])])
+
+    @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
+    def account(request: Request) -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        mine = (f"user:{page.user.id}:available", f"user:{page.user.id}:held")
+        with jobs.readers() as s:
+            rows = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
+                             .order_by(LedgerEntry.id.desc()).limit(200)).all()
+            ledger = [{"id": e.id, "job_id": e.job_id, "account": e.account.rsplit(":", 1)[-1],
+                       "amount": e.amount, "kind": e.kind, "created_at": e.created_at} for e in rows]
+        return render(request, page, "account.html", keys=accounts.list_api_keys(page.user.id), ledger=ledger)
+
+    @app.get("/studio/coach", response_class=HTMLResponse, include_in_schema=False)
+    def coach_hints(request: Request, prompt: str = "", references: int = 1, roles: str = "") -> Response:
+        """The prompt coach's hints as an HTML fragment (htmx swaps it in under the prompt box)."""
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return Response(status_code=401)
+        from kontext_studio.analysis.prompt_coach import coach
+
+        role_list: list[str | None] = [r if r in ROLES else None for r in roles.split(",")] if roles else []
+        report = coach(prompt[:4000], references=max(0, min(4, references)),
+                       roles=role_list) if prompt.strip() else None  # type: ignore[arg-type]
+        return templates.TemplateResponse(request, "_coach.html", {"report": report and report.as_dict(),
+                                                                   "prompt": prompt})
+
+    @app.get("/sign-in", response_class=HTMLResponse, include_in_schema=False)
+    def sign_in_page(request: Request) -> Response:
+        if sign_in(request) is not None:
+            return RedirectResponse("/", status_code=303)
+        return templates.TemplateResponse(request, "sign_in.html", {"error": None})
+
+    @app.post("/sign-in", response_class=HTMLResponse, include_in_schema=False)
+    def sign_in_submit(request: Request, api_key: str = Form("")) -> Response:
+        if is_cross_site(request):  # no signing a victim into an attacker's account from another site
+            return templates.TemplateResponse(request, "sign_in.html", {
+                "error": "This sign-in came from another site and was refused."}, status_code=403)
+        user = accounts.authenticate(api_key.strip())
+        if user is None:
+            return templates.TemplateResponse(request, "sign_in.html", {
+                "error": "That API key is unknown or revoked. Keys start with ks_; ask an admin for one "
+                         "(kontext admin create-key EMAIL)."}, status_code=401)
+        cookie, _ = auth.issue(user.id)
+        response = RedirectResponse("/", status_code=303)
+        set_cookie(request, response, cookie)
+        return response
+
+    @app.post("/sign-out", include_in_schema=False)
+    def sign_out(request: Request, csrf: str = Form("")) -> Response:
+        session = auth.read(request.cookies.get(COOKIE))
+        if session is not None and csrf != auth.csrf_token(session):
+            raise CsrfRejected("sign-out without the page's CSRF token; reload the page and try again")
+        response = RedirectResponse("/sign-in", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response

@@ -1,0 +1,170 @@
+"""Browser tests of the web studio: Playwright for Python drives Debian's Chromium (headless) against the
+real service, started with uvicorn on a free port in this process.
+
+The service runs every local tier on the named ``FakeBackend`` (registered as the diffusers backend, so
+the hosted Pro/Max tiers stay unconfigured, as on a real install without a BFL key), with the real
+analysis toolkit for reference checks and identity scores. Screenshots of the main screens are saved
+under ``artifacts/screenshots/`` (git-ignored).
+
+If Chromium or Playwright is missing the tests are skipped, or fail when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from kontext_studio.core.backends.fake import FakeBackend
+from kontext_studio.core.engine import Editor
+from kontext_studio.service.accounts import SqlAccounts, UserRecord
+from kontext_studio.service.app import create_app
+from kontext_studio.service.db import make_engine, make_session_factory, upgrade
+from kontext_studio.service.storage.storage_local import LocalStorage
+
+CHROMIUM = os.environ.get("KONTEXT_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+LOCAL_CREDITS = 100
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} CI is set, so the browser tests must run.", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    if not path:
+        _unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium, or set KONTEXT_CHROMIUM).")
+    assert path is not None
+    return path
+
+
+@dataclass
+class Studio:
+    """The running service: its URL, accounts, backend and the local admin it signs in automatically."""
+
+    url: str
+    accounts: SqlAccounts
+    backend: FakeBackend
+    admin: UserRecord
+    app: Any
+
+    def new_user(self, credits: int) -> tuple[UserRecord, str]:
+        """A user with ``credits`` and an API key (for signing in through the sign-in page)."""
+        user = self.accounts.create_user(f"web-{uuid.uuid4().hex[:8]}@example.com", "Web user")
+        if credits:
+            self.accounts.grant(user.id, credits)
+        key, _ = self.accounts.create_api_key(user.id, "browser test")
+        return user, key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    """The real service (SQLite, local storage, in-process worker) served by uvicorn on 127.0.0.1."""
+    import uvicorn
+
+    from kontext_studio.analysis.fidelity import AnalysisFidelity
+
+    home = tmp_path_factory.mktemp("studio")
+    url = f"sqlite:///{home / 'kontext.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    accounts = SqlAccounts(make_session_factory(engine))
+    admin = accounts.create_user("admin@localhost", "Local admin", is_admin=True)
+    accounts.grant(admin.id, LOCAL_CREDITS)
+    # 0.04 s a step: a 14-step Fast edit takes about half a second, long enough to see progress.
+    backend = FakeBackend(step_seconds=0.04, resolution=256)
+    editor = Editor({"diffusers": backend}, fidelity=AnalysisFidelity())
+    port = _free_port()
+    app = create_app(engine, LocalStorage(home / "data"), editor, b"web-test-secret-0123456789abcdef",
+                     local_user_id=admin.id, public_url=f"http://127.0.0.1:{port}", rate_limit=0,
+                     max_active_per_user=50)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="studio-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the studio server did not start")
+        time.sleep(0.05)
+    yield Studio(f"http://127.0.0.1:{port}", accounts, backend, admin, app)
+    server.should_exit = True
+    thread.join(15)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str) -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed (make install-dev installs it).")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path, headless=True,
+                               args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: Any, studio: Studio) -> Iterator[Any]:
+    """A fresh browser context (no cookies) on a desktop-sized window; console errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture()
+def shot() -> Callable[[Any, str], Path]:
+    """Save a full-page screenshot under artifacts/screenshots/<name>.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(pg: Any, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        pg.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+def picture(path: Path, colour: tuple[int, int, int], shape: str = "circle", size: tuple[int, int] = (1024, 768),
+            fmt: str = "PNG") -> Path:
+    """A photo-like test picture: a soft gradient background and one coloured shape."""
+    w, h = size
+    img = Image.linear_gradient("L").resize((w, h)).convert("RGB")
+    img = Image.blend(img, Image.new("RGB", (w, h), (210, 200, 180)), 0.6)
+    draw = ImageDraw.Draw(img)
+    box = (w // 4, h // 5, 3 * w // 4, 4 * h // 5)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour, outline=(20, 20, 20), width=6)
+    else:
+        draw.rectangle(box, fill=colour, outline=(20, 20, 20), width=6)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    path.write_bytes(buf.getvalue())
+    return path
