@@ -277,8 +277,10 @@ def models(model: ModelOpt = None, base: BaseOpt = None, as_json: JsonOpt = Fals
     for t in TIERS.values():
         if t.local:
             state = "ready" if status.found else "weights missing"
+        elif settings.bfl_api_key:
+            state = f"configured: BFL API at {settings.bfl_base_url}"
         else:
-            state = "not configured: needs " + ", ".join(t.requires)
+            state = "not configured: needs " + ", ".join(t.requires) + " (a key from https://api.bfl.ai)"
         rows.append({"tier": t.name, "title": t.title, "credits": t.price_credits, "steps": t.steps,
                      "guidance": t.guidance, "max_references": t.max_references, "backend": t.backend,
                      "status": state, "description": t.description, "trades": t.trades})
@@ -310,7 +312,11 @@ def doctor(model: ModelOpt = None, base: BaseOpt = None, device: DeviceOpt = Non
     """Check torch, the device, VRAM, the memory mode that would be picked, and the weights."""
     from kontext_studio.cli.doctor import diagnose
 
-    report = diagnose(_settings(model, base, device, None))
+    settings = _settings(model, base, device, None)
+    report = diagnose(settings)
+    report["bfl_api"] = (f"configured: pro and max go to {settings.bfl_base_url}" if settings.bfl_api_key else
+                         "not configured: set BFL_API_KEY for the pro and max tiers (BFL_BASE_URL to use another "
+                         "server)")
     if as_json:
         print_json(report)
         return
