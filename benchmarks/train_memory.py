@@ -1,0 +1,143 @@
+"""Memory plan for Kontext [dev] LoRA training: peak VRAM and seconds per step of the full-size model.
+
+With CUDA: builds the full-size FLUX.1 Kontext transformer with random bf16 weights directly on the GPU
+(no download; time and memory do not depend on weight values), adds a rank-16 LoRA on the default
+targets and times real training steps of ``LoraTrainer`` (the same loss code as a run) at 512 and 768 px,
+with and without gradient checkpointing: peak ``torch.cuda.max_memory_allocated`` and median s/step.
+Latents and text embeddings are random tensors of the right shapes (they come from the cache in a run,
+so the VAE and text encoders are not resident).
+
+Without CUDA it prints the analytic estimate (``kontext_studio.training.memory``) for the same grid and
+says that measured figures need a GPU.
+
+    .venv/bin/python benchmarks/train_memory.py [--resolutions 512 768] [--rank 16] [--steps 6] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+GiB = 1024**3
+
+
+def estimate_rows(resolutions: list[int], rank: int) -> list[dict[str, Any]]:
+    from kontext_studio.training.config import DEFAULT_TARGET_MODULES
+    from kontext_studio.training.memory import build_meta_transformer, estimate
+
+    t = build_meta_transformer()
+    rows = []
+    for res in resolutions:
+        for gc in (False, True):
+            for base_bytes, base in ((2, "bf16"), (1, "8-bit")):
+                e = estimate(t, res, rank, list(DEFAULT_TARGET_MODULES), gradient_checkpointing=gc,
+                             base_dtype_bytes=base_bytes).as_dict()
+                rows.append({"resolution": res, "checkpointing": gc, "base": base, **{
+                    k: e[k] for k in ("base_params", "lora_params", "tokens", "base_weights_gib",
+                                      "lora_weights_and_grads_gib", "optimizer_states_gib", "activations_gib",
+                                      "workspace_gib", "total_gib")}})
+    return rows
+
+
+def measure(resolution: int, rank: int, checkpointing: bool, steps: int) -> dict[str, Any]:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from kontext_studio.training.config import TrainConfig
+    from kontext_studio.training.memory import FULL_SIZE
+    from kontext_studio.training.trainer import LoraTrainer
+
+    torch.cuda.empty_cache()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            transformer = FluxTransformer2DModel(**FULL_SIZE)
+    finally:
+        torch.set_default_dtype(previous)
+    tiny_vae = torch.nn.Linear(1, 1)  # only fingerprinted by the cache; nothing is encoded here
+    pipe = SimpleNamespace(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096), vae=tiny_vae, text_encoder=tiny_vae, text_encoder_2=tiny_vae)
+    cfg = TrainConfig(steps=steps, rank=rank, resolution=resolution, gradient_checkpointing=checkpointing,
+                      validate_every=0, checkpoint_every=0)
+    trainer = LoraTrainer(pipe, cfg, "/tmp/kontext-train-memory", base_model="random full-size", cache_dir=None)
+    params = trainer._add_adapter()
+    optimizer = trainer._optimizer(params)
+    side = resolution // 8
+    item = {"target": torch.randn(1, 16, side, side), "source": torch.randn(1, 16, side, side),
+            "prompt": (torch.randn(1, 512, 4096), torch.randn(1, 768), torch.zeros(512, 3)),
+            "bucket": (resolution, resolution), "name": "random"}
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    try:
+        for step in range(steps):
+            gen = torch.Generator().manual_seed(step)
+            t0 = time.perf_counter()
+            loss = trainer.loss_for([item], gen)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated()
+        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing,
+                  "peak_gib": round(peak / GiB, 2), "s_per_step": round(statistics.median(times[1:] or times), 3),
+                  "fits_24gb": peak < 24e9, "oom": False}
+    except torch.cuda.OutOfMemoryError:
+        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing, "peak_gib": None,
+                  "s_per_step": None, "fits_24gb": False, "oom": True}
+    del trainer, optimizer, params, transformer, pipe
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[512, 768])
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    report: dict[str, Any] = {"estimate": estimate_rows(args.resolutions, args.rank)}
+    if torch.cuda.is_available():
+        report["device"] = torch.cuda.get_device_name()
+        report["measured"] = [measure(r, args.rank, gc, args.steps) for r in args.resolutions for gc in (False, True)]
+    else:
+        report["measured"] = None
+        report["note"] = ("no CUDA device: these are analytic estimates; run this script on a GPU for measured "
+                          "peak VRAM and s/step")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"Estimate (rank {args.rank}, default targets, batch 1, target + source + 512 text tokens):")
+    print(f"{'px':>5} {'ckpt':>5} {'base':>6} {'weights':>8} {'lora+grad':>9} {'adamw':>6} {'activ.':>7} "
+          f"{'total GiB':>9}  24 GB?")
+    for r in report["estimate"]:
+        print(f"{r['resolution']:>5} {('yes' if r['checkpointing'] else 'no'):>5} {r['base']:>6} "
+              f"{r['base_weights_gib']:>8.2f} {r['lora_weights_and_grads_gib']:>9.2f} "
+              f"{r['optimizer_states_gib']:>6.2f} {r['activations_gib']:>7.2f} {r['total_gib']:>9.2f}  "
+              f"{'fits' if r['total_gib'] * GiB < 24e9 else 'no'}")
+    first = report["estimate"][0]
+    print(f"transformer parameters {first['base_params'] / 1e9:.2f} B, LoRA rank {args.rank} parameters "
+          f"{first['lora_params'] / 1e6:.1f} M")
+    if report["measured"] is None:
+        print(report["note"])
+        return 0
+    print(f"Measured on {report['device']} (random bf16 weights, {args.steps} steps, median s/step):")
+    for m in report["measured"]:
+        state = "OOM" if m["oom"] else f"peak {m['peak_gib']:.2f} GiB, {m['s_per_step']:.3f} s/step"
+        print(f"  {m['resolution']} px, checkpointing {'on ' if m['checkpointing'] else 'off'}: {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
