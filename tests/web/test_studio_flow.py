@@ -104,6 +104,8 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     page.fill("#q", "")
     page.select_option("#tier", "fast")
     expect(page.get_by_test_id("history-item").first).to_be_visible()
+    page.wait_for_function("Array.from(document.querySelectorAll('.gallery img'))"
+                           ".every(img => img.complete && img.naturalWidth > 0)")  # thumbnails load
     shot(page, "05-history")
     page.locator(f'[data-id="{first_id}"] a').click()
     expect(page.get_by_test_id("recipe")).to_contain_text("seed")

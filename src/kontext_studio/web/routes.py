@@ -212,7 +212,8 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
 
     @app.get("/sign-in", response_class=HTMLResponse, include_in_schema=False)
     def sign_in_page(request: Request) -> Response:
-        if sign_in(request) is not None:
+        # Only an existing cookie skips the form: on a single-user server another account can still sign in.
+        if auth.read(request.cookies.get(COOKIE)) is not None:
             return RedirectResponse("/", status_code=303)
         return templates.TemplateResponse(request, "sign_in.html", {"error": None})
 

@@ -1,0 +1,139 @@
+"""The studio's error paths, series, account and layout in real Chromium: wrong file type, over-size
+upload, insufficient credits (signed in with an API key), series grid with contact sheet, API keys shown
+once and revoked, the missing-weights banner, and a phone-width layout."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.web.conftest import Studio, picture
+
+
+def test_upload_errors_are_shown_in_words(page: Any, studio: Studio, tmp_path: Path,
+                                          shot: Callable[[Any, str], Path]) -> None:
+    page.goto(studio.url + "/")
+    fake_png = tmp_path / "notes.png"
+    fake_png.write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    page.set_input_files("#file-input", str(fake_png))
+    error = page.get_by_test_id("upload-error")
+    expect(error).to_contain_text("notes.png")
+    expect(error).to_contain_text(re.compile("PNG, JPEG|not a supported|image", re.I))
+    assert "{" not in error.inner_text()
+    expect(page.get_by_test_id("ref")).to_have_count(0)
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(picture(tmp_path / "small.png", (10, 10, 10)).read_bytes() + b"\0" * (21 * 2**20))
+    page.set_input_files("#file-input", str(huge))
+    expect(error).to_contain_text("huge.png")
+    expect(error).to_contain_text(re.compile("too large", re.I))
+    expect(page.get_by_test_id("ref")).to_have_count(0)
+
+    # Submitting with nothing filled in says what is missing, before anything reaches the server.
+    page.get_by_role("button", name=re.compile("^Edit")).click()
+    expect(page.get_by_test_id("form-error")).to_have_text("Add at least one reference photo first.")
+    shot(page, "08-upload-errors")
+
+
+def test_insufficient_credits_is_refused_before_anything_runs(page: Any, studio: Studio, tmp_path: Path,
+                                                              shot: Callable[[Any, str], Path]) -> None:
+    user, key = studio.new_user(credits=3)
+    page.goto(studio.url + "/sign-in")  # a fresh browser: no cookie yet, so the form is shown
+    page.fill("#api_key", key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".email")).to_have_text(user.email)
+    expect(page.locator("#credits-available")).to_have_text("3")
+    page.set_input_files("#file-input", str(picture(tmp_path / "p.png", (90, 160, 90))))
+    expect(page.get_by_test_id("ref")).to_have_count(1)
+    page.fill("#prompt", "make it snowy, keep everything else the same")
+    page.get_by_role("button", name=re.compile("^Edit")).click()
+    error = page.get_by_test_id("form-error")
+    expect(error).to_have_text("Insufficient credits: 5 required, 3 available")
+    expect(page.get_by_test_id("job")).to_be_hidden()
+    expect(page.locator("#credits-available")).to_have_text("3")
+    shot(page, "09-insufficient-credits")
+
+
+def test_series_grid_and_contact_sheet(page: Any, studio: Studio, tmp_path: Path,
+                                       shot: Callable[[Any, str], Path]) -> None:
+    page.goto(studio.url + "/series")
+    page.set_input_files("#file-input", str(picture(tmp_path / "hero.png", (180, 60, 60))))
+    expect(page.get_by_test_id("ref")).to_have_count(1)
+    page.fill("#scenes", "on a beach at sunset\nin a snowy forest\nas an oil painting")
+    page.select_option("#series-tier", "fast")
+    page.fill("#series-seed", "5")
+    page.get_by_role("button", name="Render series").click()
+    scenes = page.get_by_test_id("scene")
+    expect(scenes).to_have_count(3)
+    for i in range(3):
+        expect(scenes.nth(i)).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        expect(scenes.nth(i)).to_contain_text("seed 5")
+    sheet = page.get_by_test_id("contact-sheet")
+    expect(sheet).to_be_visible()
+    with page.expect_download() as download:
+        sheet.click()
+    path = download.value.path()
+    assert path is not None and Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shot(page, "10-series")
+
+
+def test_api_key_is_shown_once_and_revoked(page: Any, studio: Studio, shot: Callable[[Any, str], Path]) -> None:
+    page.goto(studio.url + "/account")
+    page.fill("#key-name", "script on my laptop")
+    page.get_by_test_id("create-key").click()
+    shown = page.locator("#new-key-value")
+    expect(shown).to_have_text(re.compile(r"^ks_"))
+    key = shown.inner_text()
+    assert httpx.get(studio.url + "/v1/account", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    shot(page, "11-account-new-key")
+    row = page.locator("tr", has_text="script on my laptop")
+    row.get_by_role("button", name="Revoke").click()
+    expect(row.locator(".state")).to_have_text("revoked")
+    assert httpx.get(studio.url + "/v1/account", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    page.reload()
+    expect(page.locator("body")).not_to_contain_text(key)  # never shown again
+
+
+@pytest.fixture()
+def missing_weights(studio: Studio) -> Iterator[None]:
+    studio.app.state.weights_status = lambda: "black-forest-labs/FLUX.1-Kontext-dev is not in the Hugging Face cache."
+    yield
+    studio.app.state.weights_status = None
+
+
+def test_missing_weights_banner_and_phone_layout(browser: Any, studio: Studio, missing_weights: None, tmp_path: Path,
+                                                 shot: Callable[[Any, str], Path]) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(studio.url + "/")
+        banner = page.get_by_test_id("weights-banner")
+        expect(banner).to_contain_text("weights are not on this server")
+        # Everything that needs no weights still works: uploads, the checker, the coach.
+        page.set_input_files("#file-input", str(picture(tmp_path / "p.png", (60, 90, 200))))
+        expect(page.get_by_test_id("findings")).to_contain_text(re.compile(r"\w"), timeout=30_000)
+        page.fill("#prompt", "A beautiful blonde woman with blue eyes on a beach")
+        expect(page.get_by_test_id("coach-hints")).to_be_visible()
+        # Nothing sticks out sideways at phone width.
+        wide = page.evaluate("Array.from(document.querySelectorAll('body *')).filter(e => "
+                             "e.getBoundingClientRect().right > 391).map(e => e.tagName + '.' + e.className + "
+                             "'#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 8)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+        shot(page, "12-phone-banner")
+        page.goto(studio.url + "/history")
+        # Keyboard: Tab reaches the skip link first, with a visible focus ring, then the navigation.
+        page.keyboard.press("Tab")
+        focused = page.evaluate("[document.activeElement.textContent, "
+                                "getComputedStyle(document.activeElement).outlineStyle]")
+        assert focused == ["Skip to content", "solid"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(page, "13-phone-history")
+    finally:
+        context.close()
