@@ -12,7 +12,7 @@ PROMPT ?=
 OUT    ?= out.png
 ARGS   ?=
 
-.PHONY: install install-dev serve edit demo test lint typecheck bench clean
+.PHONY: install install-dev chromium serve edit demo test lint typecheck bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,15 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
+	@$(MAKE) --no-print-directory chromium
 	touch $@
+
+# The web studio's browser tests drive Debian's Chromium through Playwright (never Playwright's own browsers).
+chromium:  ## install the `chromium` package when missing (as root; otherwise prints the command)
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "Chromium is missing; the web studio's browser tests are skipped until you run: sudo apt-get install -y chromium"; fi
 
 install: $(VENV)/.installed  ## the engine and the `kontext` CLI
 
