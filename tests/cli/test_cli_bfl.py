@@ -33,7 +33,7 @@ def test_edit_pro_keeps_the_exact_size_and_records_the_task(bfl_env: FakeBflServ
                                                             tmp_path: Path) -> None:
     out = tmp_path / "beach.png"
     code, stdout, stderr = kontext("edit", photo, "put her on a beach at sunset", "-o", out, "--tier", "pro",
-                                   "--seed", "7")
+                                   "--seed", "7", "--safety-tolerance", "5", "--prompt-upsampling")
     assert code == 0, stderr
     assert f"saved {out}" in stdout.replace("\n", "") and "identity:" in stdout
     with Image.open(out) as img:
@@ -42,6 +42,10 @@ def test_edit_pro_keeps_the_exact_size_and_records_the_task(bfl_env: FakeBflServ
     assert recipe["tier"] == "pro" and recipe["seed"] == 7 and recipe["hosted"]["task_id"] == "fake-task-1"
     assert recipe["hosted"]["cost"] == 4.0 and recipe["identity"]["similarity"] is not None
     assert recipe["pixel_lock_result"] is not None and len(bfl_env.submissions) == 1
+    body = bfl_env.submissions[0]
+    assert body["safety_tolerance"] == 5 and body["prompt_upsampling"] is True and body["seed"] == 7
+    code, _, stderr = kontext("edit", photo, "x", "-o", tmp_path / "o.png", "--tier", "pro", "--safety-tolerance", "9")
+    assert code == 2 and "safety_tolerance must be an integer from 0 (strictest) to 6" in " ".join(stderr.split())
 
 
 def test_edit_max_with_four_references_and_roles_as_json(bfl_env: FakeBflServer, tmp_path: Path) -> None:

@@ -160,6 +160,27 @@ def test_a_restarted_worker_resumes_the_same_bfl_task(engine: Engine, accounts: 
     assert accounts.balance(uid).available == 92
 
 
+def test_a_slow_hosted_job_does_not_hold_up_local_jobs(engine: Engine, accounts: SqlAccounts) -> None:
+    scenario = Scenario(pending_polls=10**6)
+    with FakeBflServer(KEY, scenario) as fake:
+        app = create_app(engine, MemoryStorage(), hosted_editor(fake.url), SECRET)
+        with TestClient(app):
+            client, _ = user_client(app, accounts)
+            image = data_url(png())
+            pro = client.post("/v1/predictions", {"model": "flux-kontext-pro", "input": {
+                "prompt": "x", "input_image": image}}).json()["id"]
+            end = time.monotonic() + 20
+            while not fake.polls and time.monotonic() < end:
+                time.sleep(0.02)
+            dev = client.post("/v1/predictions", {"model": "flux-kontext-dev", "input": {
+                "prompt": "x", "input_image": image, "num_inference_steps": 2}}).json()["id"]
+            assert client.wait(dev)["status"] == "succeeded"
+            assert client.get(f"/v1/predictions/{pro}").json()["status"] == "processing"  # still waiting on BFL
+            scenario.pending_polls = 0
+            assert client.wait(pro)["status"] == "succeeded"
+    assert len(fake.submissions) == 1
+
+
 def test_models_say_whether_pro_and_max_are_configured(engine: Engine, tmp_path: Path) -> None:
     from kontext_studio.bootstrap import build_editor
     from kontext_studio.settings import Settings

@@ -145,6 +145,9 @@ def edit(
     candidates: CandidatesOpt = None,
     pixel_lock: LockOpt = "auto",
     check: CheckOpt = True,
+    safety_tolerance: Annotated[int | None, typer.Option(help="pro/max: BFL's moderation tolerance, 0 (strictest) "
+                                                         "to 6 (BFL's default 2).")] = None,
+    prompt_upsampling: Annotated[bool, typer.Option(help="pro/max: let BFL rewrite the prompt first.")] = False,
     model: ModelOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
@@ -160,6 +163,7 @@ def edit(
         references=_references(images, role), instruction=instruction, tier=tier, aspect_ratio=aspect, seed=seed,
         steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
         geometry=geometry, output_format=output_format or format_for_path(output).value, check_references=check,
+        safety_tolerance=safety_tolerance, prompt_upsampling=prompt_upsampling,
         **_fidelity_options(identity_guard, candidates, pixel_lock),
     )
     request.validate()

@@ -15,6 +15,7 @@ from typing import Any
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import Canceled, InvalidRequest, KontextError
+from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditRequest
 from kontext_studio.service.inputs import to_request
 from kontext_studio.service.jobs.jobs_common import StaleAttempt
@@ -33,12 +34,15 @@ class InProcessWorker:
         storage: where inputs are read and outputs written.
         worker_id: name recorded on claimed jobs.
         poll_seconds: idle wait between queue checks (a submit wakes the worker at once).
+        hosted_concurrency: hosted-tier (BFL) jobs waiting on BFL at once, each in its own thread.
     """
 
     def __init__(self, store: JobStore, editor: Editor, storage: Storage, worker_id: str = "local",
-                 poll_seconds: float = 0.5):
+                 poll_seconds: float = 0.5, hosted_concurrency: int = 4):
         self.store, self.editor, self.storage = store, editor, storage
         self.worker_id, self.poll = worker_id, poll_seconds
+        # Hosted jobs wait on the network, not the GPU: they run beside the local queue instead of blocking it.
+        self._hosted_slots = threading.BoundedSemaphore(max(1, hosted_concurrency))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +72,26 @@ class InProcessWorker:
                 self._wake.wait(self.poll)
                 self._wake.clear()
                 continue
+            if self._hosted(claim):
+                self._hosted_slots.acquire()
+                threading.Thread(target=self._run_hosted, args=(claim,), name=f"kontext-hosted-{claim.job_id}",
+                                 daemon=True).start()
+                continue
             self.run(claim)
+
+    def _hosted(self, claim: Claim) -> bool:
+        """Whether the claim's tier runs on a hosted backend (checked without building a local model)."""
+        try:
+            spec = get_tier(claim.tier)
+            return not spec.local and self.editor.backend_for(spec).name == "bfl_api"
+        except KontextError:
+            return False  # run() reports the problem on the job
+
+    def _run_hosted(self, claim: Claim) -> None:
+        try:
+            self.run(claim)
+        finally:
+            self._hosted_slots.release()
 
     def run(self, claim: Claim) -> None:
         """Execute one claimed job to its end (success, failure, or cancel)."""
