@@ -44,6 +44,10 @@ def test_edit_pro_keeps_the_exact_size_and_records_the_task(bfl_env: FakeBflServ
     assert recipe["pixel_lock_result"] is not None and len(bfl_env.submissions) == 1
     body = bfl_env.submissions[0]
     assert body["safety_tolerance"] == 5 and body["prompt_upsampling"] is True and body["seed"] == 7
+    code, stdout, stderr = kontext("edit", photo, "x", "-o", tmp_path / "g.png", "--tier", "pro", "--identity-guard",
+                                   "0.99", "--json")
+    assert code == 0, stderr  # one candidate on a hosted tier: scored and reported, not retried at BFL's expense
+    assert len(json.loads(stdout)["identity"]["candidates"]) == 1 and len(bfl_env.submissions) == 2
     code, _, stderr = kontext("edit", photo, "x", "-o", tmp_path / "o.png", "--tier", "pro", "--safety-tolerance", "9")
     assert code == 2 and "safety_tolerance must be an integer from 0 (strictest) to 6" in " ".join(stderr.split())
 

@@ -280,6 +280,13 @@ def test_loras_are_refused_on_hosted_tiers(fake: FakeBflServer) -> None:
     assert caught.value.field == "loras" and fake.submit_attempts == []
 
 
+def test_hosted_tiers_refuse_several_guard_candidates(fake: FakeBflServer) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        Editor({"bfl_api": backend(fake)}).edit(request(identity_guard=0.7, candidates=4))
+    assert caught.value.field == "candidates" and "charged by BFL" in str(caught.value)
+    assert fake.submit_attempts == []
+
+
 def test_safety_tolerance_is_validated_naming_the_field() -> None:
     with pytest.raises(InvalidRequest) as caught:
         request(safety_tolerance=9).validate()

@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Each hosted candidate is a separate BFL charge: the identity guard tries more seeds there only when asked.
+HOSTED_TIERS = frozenset(name for name, spec in TIERS.items() if not spec.local)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub repo id, diffusers folder or single "
                                               "checkpoint file (default: KONTEXT_MODEL or the official repo).")]
@@ -164,7 +166,8 @@ def edit(
         steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
         geometry=geometry, output_format=output_format or format_for_path(output).value, check_references=check,
         safety_tolerance=safety_tolerance, prompt_upsampling=prompt_upsampling,
-        **_fidelity_options(identity_guard, candidates, pixel_lock),
+        **_fidelity_options(identity_guard, candidates if candidates or tier.lower() not in HOSTED_TIERS else 1,
+                            pixel_lock),
     )
     request.validate()
     editor = build_editor(_settings(model, base, device, memory_mode), on_status=lambda m: err.print(m))

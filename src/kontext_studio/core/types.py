@@ -162,6 +162,12 @@ class EditRequest:
                 "use --tier max (hosted, up to 4) or dev for several references",
                 field="references",
             )
+        if spec is not None and not spec.local and int(self.candidates) > 1:
+            # The job is priced once, but BFL charges every image it makes.
+            raise InvalidRequest(
+                f"candidates: on the hosted tier {spec.name} every candidate is a separate BFL request, each "
+                f"charged by BFL; use 1 (the identity guard still scores the result), or find a good seed on dev "
+                f"or fast and promote it; got {self.candidates}", field="candidates")
         low, high = SAFETY_TOLERANCE_RANGE
         if self.safety_tolerance is not None and (
                 isinstance(self.safety_tolerance, bool) or not low <= int(self.safety_tolerance) <= high):
