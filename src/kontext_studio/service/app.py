@@ -39,6 +39,7 @@ from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_l
 from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
+from kontext_studio.service.training import build_training, training_router
 from kontext_studio.service.webhooks import WebhookOutbox, WebhookSender
 from kontext_studio.web import mount_studio
 from kontext_studio.web.auth import StudioAuth, is_cross_site
@@ -127,6 +128,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         reaper = Reaper(jobs, dispatcher) if dispatcher is not None else None
         if in_process:
             worker.start()
+            training_runner.start()
         if reaper is not None:
             reaper.start()
         try:
@@ -134,6 +136,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         finally:
             if in_process:
                 worker.stop()
+                training_runner.stop()
             if reaper is not None:
                 reaper.stop()
             sender.stop()
@@ -162,6 +165,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     app.state.services = services
     worker = InProcessWorker(jobs, editor, storage)
     app.state.worker = worker
+    training_store, training_runner = build_training(sessions, storage, editor)
+    app.state.training_runner = training_runner
     app.add_exception_handler(KontextError, kontext_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     studio_auth = StudioAuth(secret)
@@ -452,4 +457,6 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     mount_studio(app, auth=studio_auth, accounts=accounts, jobs=jobs, editor=editor, free=free,
                  file_url_for=lambda request, key: file_url(base_of(request), key))
 
+    app.include_router(training_router(training_store, training_runner, storage, current_user,
+                                       lambda request, key: file_url(base_of(request), key)))
     return app

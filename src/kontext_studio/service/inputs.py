@@ -18,11 +18,12 @@ from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditRequest, Reference
 from kontext_studio.service.security.uploads import sniff_image
 from kontext_studio.service.storage.storage_base import Storage
+from kontext_studio.service.training.loras import lora_specs
 
 IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format", "safety_tolerance",
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
-                "identity_guard", "candidates", "pixel_lock"}
+                "identity_guard", "candidates", "pixel_lock", "loras"}
 FILE_PREFIX = "file:"
 MAX_IMAGE_BYTES = 20 * 2**20
 
@@ -111,6 +112,7 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
             strategy=str(body.get("strategy") or "stitch"), geometry=str(body.get("geometry") or "lock"),
             identity_guard=_float(body, "identity_guard"), candidates=_int(body, "candidates") or 1,
             pixel_lock=str(body.get("pixel_lock") or "auto"),
+            loras=lora_specs(body.get("loras"), storage, check_only),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"input: {exc}", field="input") from None

@@ -1,0 +1,205 @@
+"""Runs queued training jobs one at a time in a background thread of the API process.
+
+A run's dataset zip is unpacked into the runner's work folder, checked, and trained with
+``LoraTrainer`` on a pipeline loaded for the run (and freed after it). Progress and the last loss are
+written at most twice a second; each validation round's contact sheet is stored and listed on the run; a
+cancel request is seen within a step and ends the run with a checkpoint. The adapter is stored under
+``loras/<id>.safetensors`` and becomes one of the user's LoRAs. Runs left ``running`` by a stopped server
+go back to the queue at the next start and resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kontext_studio.core.errors import KontextError
+from kontext_studio.core.lora import file_sha256, read_lora
+from kontext_studio.service.db.base import new_id
+from kontext_studio.service.db.models_training import RunStatus, TrainingRun
+from kontext_studio.service.storage.storage_base import Storage
+from kontext_studio.service.training.archive import extract_dataset
+from kontext_studio.service.training.loras import lora_key
+from kontext_studio.service.training.runs_sql import TrainingStore
+
+log = logging.getLogger(__name__)
+PipelineFactory = Callable[[], tuple[Any, str]]  # () -> (FluxKontextPipeline, description for the recipe)
+PROGRESS_EVERY = 0.5
+CANCEL_EVERY = 0.25
+
+
+def pipeline_factory_for(editor: Any) -> PipelineFactory:
+    """Load a fresh training pipeline from the same weights the editor's local tiers use.
+
+    Raises (when called):
+        KontextError: this server has no local diffusers backend (e.g. the fake backend).
+    """
+    def make() -> tuple[Any, str]:
+        from kontext_studio.core.registry import get_tier
+        from kontext_studio.training.trainer import TrainingError, load_pipeline
+
+        backend = editor.backend_for(get_tier("dev"))
+        source = getattr(backend, "source", None)
+        if source is None:
+            raise TrainingError("training needs the local FLUX.1 Kontext [dev] weights (the diffusers backend); "
+                                f"this server runs the {getattr(backend, 'name', 'unknown')} backend")
+        pipe, described, _res = load_pipeline(source.location, source.base,
+                                              device=getattr(backend, "_device_pref", "auto"),
+                                              token=getattr(backend, "token", None),
+                                              allow_download=bool(getattr(backend, "allow_download", False)))
+        return pipe, described
+
+    return make
+
+
+class TrainingRunner:
+    """Background runner of training jobs.
+
+    Args:
+        store: runs and LoRAs.
+        storage: datasets in, validation sheets and adapters out.
+        pipeline_factory: loads the pipeline a run trains on.
+        work_dir: unpacked datasets, checkpoints and the shared latent cache.
+    """
+
+    def __init__(self, store: TrainingStore, storage: Storage, pipeline_factory: PipelineFactory, work_dir: Path):
+        self.store = store
+        self.storage = storage
+        self.pipeline_factory = pipeline_factory
+        self.work_dir = Path(work_dir)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.store.requeue_interrupted()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="kontext-training", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # keep the runner alive; the run itself was marked failed
+                log.exception("training runner")
+                worked = False
+            if not worked:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Claim and run the oldest queued run; False when there was none."""
+        run = self.store.claim()
+        if run is None:
+            return False
+        try:
+            self._run(run)
+        except KontextError as exc:
+            self.store.finish(run.id, RunStatus.FAILED, error=str(exc))
+        except Exception as exc:
+            log.exception("training run %s failed", run.id)
+            self.store.finish(run.id, RunStatus.FAILED, error=f"internal error: {exc.__class__.__name__}: {exc}")
+        return True
+
+    def _run(self, run: TrainingRun) -> None:
+        from kontext_studio.training.config import TrainConfig
+        from kontext_studio.training.dataset import DEFAULT_MIN_SIDE, check_dataset
+        from kontext_studio.training.trainer import LoraTrainer, StepInfo, TrainingError
+
+        folder = self.work_dir / run.id
+        data_dir = folder / "dataset"
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        root = extract_dataset(self.storage.get(run.dataset_key), data_dir)
+        raw = dict(run.config)
+        min_side = int(raw.pop("min_side", DEFAULT_MIN_SIDE))  # a check setting stored with the recipe
+        config = TrainConfig.from_dict(raw)
+        report = check_dataset(root, default_instruction=config.default_instruction, min_side=min_side)
+        if not report.usable:
+            raise TrainingError("the dataset has no usable pairs:\n" + report.summary())
+        resume = folder / "out" if (folder / "out" / "checkpoints").is_dir() else None
+        pipe, described = self.pipeline_factory()
+        last = {"progress": 0.0, "cancel": 0.0}
+        stored_sheets: set[str] = set()
+        trainer: LoraTrainer | None = None
+
+        def store_sheets() -> list[dict[str, Any]]:
+            out = []
+            assert trainer is not None
+            for v in trainer.validations:
+                key = f"training/{run.id}/validation/{Path(v['sheet']).name}"
+                if key not in stored_sheets and Path(v["sheet"]).is_file():
+                    self.storage.put(key, Path(v["sheet"]).read_bytes())
+                    stored_sheets.add(key)
+                out.append({k: v[k] for k in ("step", "latent_distance", "pixel_distance", "consistency")}
+                           | {"image_key": key})
+            return out
+
+        def on_step(info: StepInfo) -> None:
+            now = time.monotonic()
+            if now - last["progress"] >= PROGRESS_EVERY or info.step == info.total:
+                last["progress"] = now
+                self.store.progress(run.id, step=info.step, progress=info.step / info.total, loss=info.loss,
+                                    validations=store_sheets())
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if self._stop.is_set():
+                return True
+            if now - last["cancel"] < CANCEL_EVERY:
+                return False
+            last["cancel"] = now
+            return self.store.cancel_requested(run.id)
+
+        trainer = LoraTrainer(pipe, config, folder / "out", base_model=described, cache_dir=self.work_dir / "cache",
+                              on_step=on_step, should_stop=should_stop)
+        result = trainer.train(report, resume=resume)
+        validations = store_sheets()
+        if result.status != "completed":
+            if self._stop.is_set() and not self.store.cancel_requested(run.id):
+                # The server is stopping: leave the run running; the next start re-queues and resumes it.
+                return
+            self.store.finish(run.id, RunStatus.CANCELED, step=result.step, validations=validations)
+            return
+        assert result.lora_path is not None
+        lora_id = new_id()
+        key = lora_key(lora_id)
+        self.storage.put(key, result.lora_path.read_bytes())
+        _state, info = read_lora(result.lora_path)
+        self.store.add_lora(run.user_id, lora_id, run.name, key, file_sha256(result.lora_path), info.rank,
+                            info.alpha, run.id)
+        self.store.finish(run.id, RunStatus.SUCCEEDED, step=result.step, progress=1.0,
+                          loss=result.losses[-1] if result.losses else None, validations=validations,
+                          data_hash=result.data_hash)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+
+def build_training(sessions: Any, storage: Storage, editor: Any,
+                   work_dir: Path | None = None) -> tuple[TrainingStore, TrainingRunner]:
+    """The service's training store and runner; the runner loads the editor's local weights for each run.
+
+    ``work_dir`` (default: a folder in the system's temporary directory) holds unpacked datasets, checkpoints
+    and the latent cache.
+    """
+    import tempfile
+
+    store = TrainingStore(sessions)
+    folder = work_dir or Path(tempfile.gettempdir()) / "kontext-studio-training"
+    return store, TrainingRunner(store, storage, pipeline_factory_for(editor), folder)
