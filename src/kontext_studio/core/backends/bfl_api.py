@@ -563,7 +563,7 @@ class BflApiBackend(EditBackend):
                                       "BFL_API_KEY")
             try:
                 answer = response.json()
-                status = str(answer.get("status"))
+                status = str(answer.get("status") or f"HTTP {response.status_code}: {_detail(response)}")
             except (ValueError, AttributeError):
                 answer, status = {}, f"HTTP {response.status_code}"
             errors = 0
