@@ -85,6 +85,12 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     expect(page.get_by_test_id("result-error")).to_contain_text("not configured")
     expect(page.get_by_test_id("result-error")).not_to_contain_text("{")
 
+    # Same prompt, new seed: another Fast edit of the same recipe with a drawn seed.
+    page.get_by_test_id("new-seed").click()
+    expect(page.locator("#result-meta")).not_to_contain_text("seed 7 ·", timeout=30_000)
+    wait_result(page)
+    assert header_credits(page) == start_credits - 8
+
     # Use as input: the result becomes the reference, and the session strip starts.
     page.get_by_test_id("use-as-input").click()
     expect(page.get_by_test_id("session")).to_be_visible()
@@ -137,5 +143,5 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     assert shown == total == header_credits(page)
     api = httpx.get(studio.url + "/v1/account").json()  # loopback, single-user: the same account
     assert api["credits"]["available"] == shown
-    assert shown == start_credits - 4 - 4  # two Fast edits captured; Pro refused; the canceled one released
+    assert shown == start_credits - 3 * 4  # three Fast edits captured; Pro refused; the canceled one released
     shot(page, "07-account-ledger")

@@ -35,6 +35,18 @@ def test_upload_errors_are_shown_in_words(page: Any, studio: Studio, tmp_path: P
     expect(error).to_contain_text(re.compile("too large", re.I))
     expect(page.get_by_test_id("ref")).to_have_count(0)
 
+    # Drag and drop: a real drop event carrying a PNG adds it like the file picker does.
+    data = list(picture(tmp_path / "dropped.png", (40, 140, 80), size=(320, 240)).read_bytes())
+    page.evaluate("""bytes => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+        document.querySelector("#dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+    }""", data)
+    expect(page.get_by_test_id("ref")).to_have_count(1)
+    expect(page.get_by_role("img", name="Reference 1: dropped.png")).to_be_visible()
+    page.get_by_role("button", name="Remove reference 1").click()
+    expect(page.get_by_test_id("ref")).to_have_count(0)
+
     # Submitting with nothing filled in says what is missing, before anything reaches the server.
     page.get_by_role("button", name=re.compile("^Edit")).click()
     expect(page.get_by_test_id("form-error")).to_have_text("Add at least one reference photo first.")
@@ -52,8 +64,15 @@ def test_insufficient_credits_is_refused_before_anything_runs(page: Any, studio:
     page.set_input_files("#file-input", str(picture(tmp_path / "p.png", (90, 160, 90))))
     expect(page.get_by_test_id("ref")).to_have_count(1)
     page.fill("#prompt", "make it snowy, keep everything else the same")
+    # A LoRA that is not one of the user's: the API names the field and the fix, shown under the form.
+    page.locator("details.advanced summary").click()
+    expect(page.locator("#lora-list")).to_have_text("You have no trained LoRAs yet.")
+    page.fill("#loras", "golden-hour:0.8")
     page.get_by_role("button", name=re.compile("^Edit")).click()
     error = page.get_by_test_id("form-error")
+    expect(error).to_contain_text("is not a LoRA id; list yours with GET /v1/loras")
+    page.fill("#loras", "")
+    page.get_by_role("button", name=re.compile("^Edit")).click()
     expect(error).to_have_text("Insufficient credits: 5 required, 3 available")
     expect(page.get_by_test_id("job")).to_be_hidden()
     expect(page.locator("#credits-available")).to_have_text("3")

@@ -237,11 +237,8 @@ function collectInput() {
   if (guard !== undefined) input.identity_guard = guard;
   const cands = num("candidates");
   if (cands !== undefined) input.candidates = cands;
-  const loras = $("#loras").value.split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
-    const at = line.lastIndexOf(":");
-    const weight = at > 0 ? Number(line.slice(at + 1)) : NaN;
-    return Number.isFinite(weight) ? {path: line.slice(0, at), weight} : {path: line, weight: 1.0};
-  });
+  // "id" or "id:weight" per line, as the API takes them; the API names a bad entry and how to fix it.
+  const loras = $("#loras").value.split("\n").map((l) => l.trim()).filter(Boolean);
   if (loras.length) input.loras = loras;
   return input;
 }
@@ -490,9 +487,31 @@ async function reuseSettings(predictionId) {
     $("#pixel_lock").value = input.pixel_lock || "auto";
     $("#identity_guard").value = input.identity_guard ?? "";
     $("#candidates").value = input.candidates ?? "";
+    $("#loras").value = (input.loras || []).map((l) => (typeof l === "string" ? l : `${l.id}:${l.weight ?? 1}`))
+      .join("\n");
     updatePrice();
   } catch (err) {
     showError($("#form-error"), `Could not load those settings: ${err.message}`);
+  }
+}
+
+async function listLoras() {
+  const box = $("#lora-list");
+  if (!box) return;
+  let found;
+  try { found = (await api("GET", "/v1/loras")).results; } catch (err) { return; }
+  box.replaceChildren();
+  if (!found.length) { box.textContent = "You have no trained LoRAs yet."; return; }
+  for (const lora of found) {
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "small";
+    btn.textContent = `Add ${lora.name || lora.id}`;
+    btn.addEventListener("click", () => {
+      const area = $("#loras");
+      area.value = (area.value.trim() ? area.value.trim() + "\n" : "") + `${lora.id}:1.0`;
+    });
+    box.append(btn);
   }
 }
 
@@ -517,6 +536,7 @@ function setupStudio() {
     const {input, tier} = studio.lastInput;
     const again = {...input};
     delete again.seed;
+    $('input[name="seed_mode"][value="random"]').checked = true;  // the form says what was sent
     submitEdit(again, tier);
   });
   $("#promote").addEventListener("click", async () => {
@@ -536,6 +556,7 @@ function setupStudio() {
     $("#prompt").focus();
   });
   updatePrice();
+  listLoras();
   const reuse = new URLSearchParams(location.search).get("reuse");
   if (reuse) reuseSettings(reuse);
 }
