@@ -32,9 +32,7 @@ from kontext_studio.web.auth import COOKIE, CsrfRejected, StudioAuth, StudioSess
 
 HERE = Path(__file__).parent
 ASPECTS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21")
-STRATEGIES = {"stitch": "Stitch (default): side by side in one canvas",
-              "offset": "Offset: each encoded alone, tiled on the position grid",
-              "index": "Index: own position index (LoRAs trained that way)"}
+STRATEGIES = {"stitch": "Stitch (default)", "offset": "Offset", "index": "Index"}
 WEIGHTS_CHECK_SECONDS = 30.0
 
 
@@ -179,9 +177,14 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         except KontextError:
             return render(request, page, "not_found.html", status_code=404, what=f"prediction {prediction_id}")
         settings = {k: v for k, v in job.input.items() if k != "images"}
+        recipe = (job.output or {}).get("recipe") or {}
+        # Known sizes go into width/height so the page does not jump while the pictures load.
+        sizes = [r.get("size") or [320, 320] for r in recipe.get("references") or []]
+        inputs = [(file_url_for(request, k), *(sizes[i] if i < len(sizes) else (320, 320)))
+                  for i, k in enumerate(job.input.get("images", []))]
         return render(request, page, "prediction.html", job=card(request, job), settings=settings,
-                      recipe=(job.output or {}).get("recipe"), warnings=(job.output or {}).get("warnings") or [],
-                      inputs=[file_url_for(request, k) for k in job.input.get("images", [])])
+                      recipe=recipe or None, warnings=(job.output or {}).get("warnings") or [], inputs=inputs,
+                      output_size=recipe.get("output_size") or [320, 320])
 
     @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
     def account(request: Request) -> Response:
