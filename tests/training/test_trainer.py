@@ -214,3 +214,15 @@ def test_bad_hyper_parameters_are_refused_naming_the_field() -> None:
         TrainConfig.from_dict({"lerning_rate": 1e-4})
     with pytest.raises(InvalidRequest, match="resolution"):
         TrainConfig(resolution=500).validate()
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_dir: Path, dataset: DatasetReport,
+                                                        tmp_path: Path) -> None:
+    """Recomputing activations must not lose gradients (frozen base weights, trainable LoRA)."""
+    losses = []
+    for checkpointing in (False, True):
+        pipe, described, _ = load_pipeline(str(tiny_model_dir))
+        cfg = _config(steps=5, validate_every=0, gradient_checkpointing=checkpointing)
+        losses.append(LoraTrainer(pipe, cfg, tmp_path / str(checkpointing), base_model=described)
+                      .train(dataset).losses)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
