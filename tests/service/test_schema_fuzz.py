@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import checks
 from sqlalchemy import Engine
 
 from kontext_studio.core.backends.fake import FakeBackend
@@ -16,6 +17,9 @@ from kontext_studio.service.accounts import SqlAccounts
 from kontext_studio.service.app import create_app
 from kontext_studio.service.db import make_engine, make_session_factory, upgrade
 from kontext_studio.service.storage.fake import MemoryStorage
+
+CONFORMANCE = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+               checks.response_schema_conformance]
 
 
 def _app(tmp_path: Any) -> tuple[Any, list[str]]:
@@ -51,6 +55,11 @@ def fuzz_operation(operation: Any, keys: list[str], failures: list[str]) -> None
             response = case.call(headers={"Authorization": f"Bearer {key}", "x-key": key})
             if response.status_code >= 500:
                 failures.append(f"{operation.label}: {response.status_code} {response.text[:200]}")
+                continue
+            try:  # the answer is one the schema documents: status code, content type and body shape
+                case.validate_response(response, checks=CONFORMANCE)
+            except Exception as exc:  # schemathesis raises a FailureGroup naming every violation
+                failures.append(f"{operation.label}: {response.status_code} violates the schema: {exc}"[:600])
 
     check()
 

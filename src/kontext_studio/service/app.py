@@ -25,6 +25,7 @@ from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
+from kontext_studio.service.api.openapi import publish_complete_schema
 from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
 from kontext_studio.service.api.studio import search_jobs, studio_api_router
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
@@ -459,4 +460,5 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
 
     app.include_router(training_router(training_store, training_runner, storage, current_user,
                                        lambda request, key: file_url(base_of(request), key)))
+    publish_complete_schema(app)
     return app

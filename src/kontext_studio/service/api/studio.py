@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
 from PIL import Image
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -214,7 +215,8 @@ def studio_api_router(*, sessions: sessionmaker[Session], readers: sessionmaker[
         return {**key_public(record), "key": plaintext}
 
     @router.delete("/account/keys/{key_id}", tags=["account"])
-    def revoke_key(key_id: int, me: UserRecord = Depends(user)) -> dict[str, Any]:
+    def revoke_key(key_id: int = PathParam(ge=1, le=2**31 - 1),  # the ids' column range on every database
+                   me: UserRecord = Depends(user)) -> dict[str, Any]:
         """Revoke one of the caller's keys; requests with it answer 401 from now on."""
         return key_public(accounts.revoke_key(key_id, user_id=me.id))
 
