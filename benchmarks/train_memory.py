@@ -11,6 +11,7 @@ Without CUDA it prints the analytic estimate (``kontext_studio.training.memory``
 says that measured figures need a GPU.
 
     .venv/bin/python benchmarks/train_memory.py [--resolutions 512 768] [--rank 16] [--steps 6] [--json]
+    .venv/bin/python benchmarks/train_memory.py --smoke --resolutions 128 --steps 2   # check the measuring path
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def estimate_rows(resolutions: list[int], rank: int) -> list[dict[str, Any]]:
     return rows
 
 
-def measure(resolution: int, rank: int, checkpointing: bool, steps: int) -> dict[str, Any]:
+# --smoke: the same code path on a shrunken transformer (CPU when there is no GPU), to check the script.
+SMOKE = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+         "joint_attention_dim": 4096, "pooled_projection_dim": 768, "in_channels": 64, "guidance_embeds": True,
+         "axes_dims_rope": [4, 4, 8]}
+
+
+def measure(resolution: int, rank: int, checkpointing: bool, steps: int, smoke: bool = False) -> dict[str, Any]:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
@@ -52,12 +59,20 @@ def measure(resolution: int, rank: int, checkpointing: bool, steps: int) -> dict
     from kontext_studio.training.memory import FULL_SIZE
     from kontext_studio.training.trainer import LoraTrainer
 
-    torch.cuda.empty_cache()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.empty_cache()
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
     try:
-        with torch.device("cuda"):
-            transformer = FluxTransformer2DModel(**FULL_SIZE)
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**(SMOKE if smoke else FULL_SIZE))
     finally:
         torch.set_default_dtype(previous)
     tiny_vae = torch.nn.Linear(1, 1)  # only fingerprinted by the cache; nothing is encoded here
@@ -73,8 +88,9 @@ def measure(resolution: int, rank: int, checkpointing: bool, steps: int) -> dict
     item = {"target": torch.randn(1, 16, side, side), "source": torch.randn(1, 16, side, side),
             "prompt": (torch.randn(1, 512, 4096), torch.randn(1, 768), torch.zeros(512, 3)),
             "bucket": (resolution, resolution), "name": "random"}
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     try:
         for step in range(steps):
@@ -84,17 +100,18 @@ def measure(resolution: int, rank: int, checkpointing: bool, steps: int) -> dict
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated()
+        peak = torch.cuda.max_memory_allocated() if cuda else 0
         result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing,
                   "peak_gib": round(peak / GiB, 2), "s_per_step": round(statistics.median(times[1:] or times), 3),
                   "fits_24gb": peak < 24e9, "oom": False}
-    except torch.cuda.OutOfMemoryError:
+    except torch.OutOfMemoryError:
         result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing, "peak_gib": None,
                   "s_per_step": None, "fits_24gb": False, "oom": True}
     del trainer, optimizer, params, transformer, pipe
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return result
 
 
@@ -104,13 +121,17 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="run the measuring code on a shrunken model")
     args = parser.parse_args()
     import torch
 
     report: dict[str, Any] = {"estimate": estimate_rows(args.resolutions, args.rank)}
-    if torch.cuda.is_available():
-        report["device"] = torch.cuda.get_device_name()
-        report["measured"] = [measure(r, args.rank, gc, args.steps) for r in args.resolutions for gc in (False, True)]
+    if torch.cuda.is_available() or args.smoke:
+        report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        if args.smoke:
+            report["device"] += " (smoke: shrunken model, figures mean nothing)"
+        report["measured"] = [measure(r, args.rank, gc, args.steps, args.smoke) for r in args.resolutions
+                              for gc in (False, True)]
     else:
         report["measured"] = None
         report["note"] = ("no CUDA device: these are analytic estimates; run this script on a GPU for measured "
@@ -132,7 +153,7 @@ def main() -> int:
     if report["measured"] is None:
         print(report["note"])
         return 0
-    print(f"Measured on {report['device']} (random bf16 weights, {args.steps} steps, median s/step):")
+    print(f"Measured on {report['device']} (random weights, {args.steps} steps, median s/step):")
     for m in report["measured"]:
         state = "OOM" if m["oom"] else f"peak {m['peak_gib']:.2f} GiB, {m['s_per_step']:.3f} s/step"
         print(f"  {m['resolution']} px, checkpointing {'on ' if m['checkpointing'] else 'off'}: {state}")
