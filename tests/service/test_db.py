@@ -43,6 +43,12 @@ TABLES = {
     "idempotency_keys",
     "files",
     "webhook_deliveries",
+    # the studio's edit sessions and series (0003), LoRA training (0004)
+    "edit_sessions",
+    "edit_turns",
+    "series",
+    "training_runs",
+    "user_loras",
 }
 
 
