@@ -263,3 +263,36 @@ def test_sign_in_with_an_api_key(engine: Engine, accounts: SqlAccounts) -> None:
         assert user.email in browser.get("/").text
         r = browser.post("/sign-in", data={"api_key": key}, headers={"Sec-Fetch-Site": "cross-site"})
         assert r.status_code == 403
+
+
+def test_a_series_counts_once_toward_the_active_job_cap(engine: Engine, accounts: SqlAccounts) -> None:
+    app = create_app(engine, MemoryStorage(), Editor({"diffusers": FakeBackend()}), SECRET, start_worker=False,
+                     rate_limit=0, max_active_per_user=2)
+    client, _ = user_client(app, accounts, credits=100)
+    file_id = upload(client, png())
+    body = {"model": "flux-kontext-fast", "input": {"input_image": file_id}, "scenes": ["a", "b", "c", "d"]}
+    r = client.post("/v1/series", body)
+    assert r.status_code == 201, r.text
+    made = [i["prediction"] for i in r.json()["items"]]
+    try:
+        assert len(made) == 4
+        # Now at the cap: the next series is refused as a whole, nothing queued, nothing held.
+        r = client.post("/v1/series", body)
+        assert r.status_code == 429 and "waiting or running" in r.json()["detail"]
+        assert len(client.get("/v1/predictions").json()["results"]) == 4
+        assert client.get("/v1/account").json()["credits"] == {"available": 100 - 16, "held": 16}
+    finally:
+        for pid in made:
+            client.post(f"/v1/predictions/{pid}/cancel")
+
+
+def test_a_series_is_all_or_nothing(engine: Engine, accounts: SqlAccounts) -> None:
+    app = create_app(engine, MemoryStorage(), Editor({"diffusers": FakeBackend()}), SECRET, start_worker=False,
+                     rate_limit=3)  # the fourth scene hits the per-minute limit
+    client, _ = user_client(app, accounts, credits=100)
+    r = client.post("/v1/series", {"model": "flux-kontext-fast", "input": {"input_image": upload(client, png())},
+                                   "scenes": ["a", "b", "c", "d"]})
+    assert r.status_code == 429
+    statuses = {p["status"] for p in client.get("/v1/predictions").json()["results"]}
+    assert statuses == {"canceled"}  # the scenes already queued were taken back
+    assert client.get("/v1/account").json()["credits"] == {"available": 100, "held": 0}

@@ -447,8 +447,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                 "error": job.error}
 
     # -- the studio: its API (open to every client) and its pages at / -------------------------------
-    def submit_for_studio(me: UserRecord, tier: str, payload: dict[str, Any]) -> str:
-        return _submit(me, tier, PredictionIn(**payload), None, None, None)[0]
+    def submit_for_studio(me: UserRecord, tier: str, payload: dict[str, Any], idem: str | None = None) -> str:
+        return _submit(me, tier, PredictionIn(**payload), idem, None, None)[0]
 
     app.include_router(studio_api_router(
         sessions=sessions, readers=jobs.readers, accounts=accounts, jobs=jobs, storage=storage, user=current_user,

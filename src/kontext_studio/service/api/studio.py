@@ -26,7 +26,7 @@ from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts.accounts_common import ApiKeyRecord, InsufficientCredits, NotFound, UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
-from kontext_studio.service.db import Job, JobStatus
+from kontext_studio.service.db import Job, JobStatus, new_id
 from kontext_studio.service.db.models_studio import EditSession, EditTurn, Series
 from kontext_studio.service.inputs import IMAGE_FIELDS, _decode_image
 from kontext_studio.service.jobs.jobs_sql import JobStore
@@ -153,7 +153,7 @@ def studio_api_router(*, sessions: sessionmaker[Session], readers: sessionmaker[
                       envelope_for: Callable[[Request, Job], dict[str, Any]],
                       file_url_for: Callable[[Request, str], str],
                       owns_file: Callable[[int, str], bool] | None = None,
-                      submit: Callable[[UserRecord, str, dict[str, Any]], str], free: bool) -> APIRouter:
+                      submit: Callable[[UserRecord, str, dict[str, Any], str | None], str], free: bool) -> APIRouter:
     """The studio's API routes.
 
     Args:
@@ -165,8 +165,8 @@ def studio_api_router(*, sessions: sessionmaker[Session], readers: sessionmaker[
         envelope_for: (request, job) → the prediction envelope, as ``GET /v1/predictions/{id}`` returns it.
         file_url_for: (request, storage key) → a signed URL for the file.
         owns_file: (user id, storage key) → whether the user uploaded that file (None: any stored upload).
-        submit: (user, tier, {"model", "input"}) → a new prediction id, with all of ``POST /v1/predictions``'s
-            checks (rate limit, credits held, input validated).
+        submit: (user, tier, {"model", "input"}, idempotency key or None) → a new prediction id, with all of
+            ``POST /v1/predictions``'s checks (rate limit, active-job cap, credits held, input validated).
         free: prices are switched off.
     """
     router = APIRouter(prefix="/v1")
@@ -241,9 +241,9 @@ def studio_api_router(*, sessions: sessionmaker[Session], readers: sessionmaker[
         """Submit the same recipe (images, prompt, seed, settings) at another tier, e.g. a Fast draft at Pro."""
         job = await asyncio.to_thread(jobs.get, me.id, prediction_id)
         recipe = recipe_of(job)
-        new_id = await asyncio.to_thread(submit, me, body.tier, {"model": f"flux-kontext-{body.tier}",
-                                                                 "input": recipe["input"]})
-        return envelope_for(request, await asyncio.to_thread(jobs.get, me.id, new_id))
+        promoted = await asyncio.to_thread(submit, me, body.tier, {"model": f"flux-kontext-{body.tier}",
+                                                                   "input": recipe["input"]}, None)
+        return envelope_for(request, await asyncio.to_thread(jobs.get, me.id, promoted))
 
 
     def recipe_of(job: Job) -> dict[str, Any]:
@@ -360,15 +360,22 @@ def studio_api_router(*, sessions: sessionmaker[Session], readers: sessionmaker[
         shared = {**body.input}
         if shared.get("seed") is None:
             shared["seed"] = secrets.randbelow(2**31)
-        ids = []
-        for scene in scenes:
-            ids.append(await asyncio.to_thread(submit, me, tier, {"model": f"flux-kontext-{tier}",
-                                                                  "input": {**shared, "prompt": scene}}))
+        series_id = new_id()
+        ids: list[str] = []
+        try:
+            for n, scene in enumerate(scenes):
+                # The first scene passes every check a submission does (rate limit, active-job cap); the rest
+                # carry an idempotency key, so a series counts once toward the cap and a retry repeats nothing.
+                ids.append(await asyncio.to_thread(submit, me, tier, {"model": f"flux-kontext-{tier}",
+                                                                      "input": {**shared, "prompt": scene}},
+                                                   None if n == 0 else f"series:{series_id}:{n}"))
+        except KontextError:
+            for job_id in ids:  # all or nothing: what was queued is canceled and its hold released
+                await asyncio.to_thread(jobs.cancel, me.id, job_id)
+            raise
         with sessions.begin() as s:
-            row = Series(user_id=me.id, job_ids=ids)
+            row = Series(id=series_id, user_id=me.id, job_ids=ids)
             s.add(row)
-            s.flush()
-            series_id = row.id
         return await asyncio.to_thread(series_view, request, me, series_id)
 
 
