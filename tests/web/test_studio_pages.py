@@ -52,6 +52,16 @@ def test_upload_errors_are_shown_in_words(page: Any, studio: Studio, tmp_path: P
     expect(page.get_by_test_id("form-error")).to_have_text("Add at least one reference photo first.")
     shot(page, "08-upload-errors")
 
+    # Keyboard: from the instruction box, Tab reaches the tier cards (focus ring drawn on the card), arrows
+    # pick a tier and the button's price follows.
+    page.focus("#prompt")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.name + '=' + document.activeElement.value") == "tier=dev"
+    assert page.evaluate("getComputedStyle(document.activeElement.closest('label')).outlineStyle") == "solid"
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator('input[name="tier"][value="fast"]')).to_be_checked()
+    expect(page.locator("#price")).to_have_text("4 credits")
+
 
 def test_insufficient_credits_is_refused_before_anything_runs(page: Any, studio: Studio, tmp_path: Path,
                                                               shot: Callable[[Any, str], Path]) -> None:
