@@ -97,6 +97,9 @@ def test_a_run_trains_reports_progress_and_its_lora_edits(app_with_runner: Any, 
     other, _ = user_client(app_with_runner, accounts)
     assert other.get(f"/v1/trainings/{run['id']}").status_code == 404
     assert other.get("/v1/loras").json()["results"] == []
+    stolen = other.post("/v1/predictions", {"input": {"prompt": "x", "input_image": data_url(png(128, 128)),
+                                                      "loras": [lora["id"]]}})
+    assert stolen.status_code == 422 and stolen.json()["field"] == "loras"
 
 
 def test_a_broken_dataset_is_refused_with_its_report(app_by_hand: Any, accounts: SqlAccounts, tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         raise InvalidRequest("input_image: the reference image is required", field="input_image")
     body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url)
                       for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
+    lora_specs(body.get("loras"), storage, check_only=True, owns=owns_file)  # another user's LoRA is unknown
     to_request(body, tier, storage, check_only=True).validate()
     return body
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,16 @@ def _entries(value: Any) -> list[tuple[str, float]]:
     return out
 
 
-def lora_specs(value: Any, storage: Storage, check_only: bool = False) -> list[LoraSpec]:
+def lora_specs(value: Any, storage: Storage, check_only: bool = False,
+               owns: Callable[[str], bool] | None = None) -> list[LoraSpec]:
     """The ``LoraSpec`` list an input's ``loras`` field names.
 
     Args:
         value: the field (see the module docstring).
         storage: where the adapters are.
         check_only: validate without copying files (at submit).
+        owns: whether the submitting user owns a stored key (the runner records each LoRA as the user's
+            file); another user's LoRA answers like a missing one. ``None``: no owner check (the worker).
 
     Returns:
         Specs pointing at local copies (``check_only``: at the storage keys).
@@ -72,7 +76,7 @@ def lora_specs(value: Any, storage: Storage, check_only: bool = False) -> list[L
     specs = []
     for lora_id, weight in _entries(value):
         key = lora_key(lora_id)
-        if not storage.exists(key):
+        if not storage.exists(key) or (owns is not None and not owns(key)):
             raise InvalidRequest(f"loras: no LoRA {lora_id}; list yours with GET /v1/loras", field="loras")
         if check_only:
             specs.append(LoraSpec(key, weight))

@@ -22,6 +22,7 @@ from kontext_studio.core.errors import KontextError
 from kontext_studio.core.lora import file_sha256, read_lora
 from kontext_studio.service.db.base import new_id
 from kontext_studio.service.db.models_training import RunStatus, TrainingRun
+from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.training.archive import extract_dataset
 from kontext_studio.service.training.loras import lora_key
@@ -180,10 +181,13 @@ class TrainingRunner:
         assert result.lora_path is not None
         lora_id = new_id()
         key = lora_key(lora_id)
-        self.storage.put(key, result.lora_path.read_bytes())
+        data = result.lora_path.read_bytes()
+        self.storage.put(key, data)
         _state, info = read_lora(result.lora_path)
-        self.store.add_lora(run.user_id, lora_id, run.name, key, file_sha256(result.lora_path), info.rank,
-                            info.alpha, run.id)
+        sha = file_sha256(result.lora_path)
+        self.store.add_lora(run.user_id, lora_id, run.name, key, sha, info.rank, info.alpha, run.id)
+        # Recorded as the user's file too: predictions check ownership of the keys they name that way.
+        SqlFiles(self.store.sessions).record(run.user_id, key, sha, "application/octet-stream", len(data))
         self.store.finish(run.id, RunStatus.SUCCEEDED, step=result.step, progress=1.0,
                           loss=result.losses[-1] if result.losses else None, validations=validations,
                           data_hash=result.data_hash)
