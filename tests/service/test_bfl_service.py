@@ -181,6 +181,25 @@ def test_a_slow_hosted_job_does_not_hold_up_local_jobs(engine: Engine, accounts:
     assert len(fake.submissions) == 1
 
 
+def test_cancel_stops_waiting_on_bfl_and_releases_the_credits(engine: Engine, accounts: SqlAccounts) -> None:
+    with FakeBflServer(KEY, Scenario(pending_polls=10**6)) as fake:
+        app = create_app(engine, MemoryStorage(), hosted_editor(fake.url), SECRET)
+        with TestClient(app):
+            client, uid = user_client(app, accounts)
+            pid = client.post("/v1/predictions", {"model": "flux-kontext-max", "input": {
+                "prompt": "x", "input_image": data_url(png())}}).json()["id"]
+            end = time.monotonic() + 20
+            while len(fake.polls) < 2 and time.monotonic() < end:
+                time.sleep(0.02)
+            assert client.post(f"/v1/predictions/{pid}/cancel").json()["status"] == "canceled"
+            time.sleep(0.5)  # the next poll notices the cancel
+            polls = len(fake.polls)
+            time.sleep(0.5)
+            assert len(fake.polls) <= polls + 1  # no longer polling
+    assert accounts.balance(uid).available == 100 and accounts.balance(uid).held == 0
+    assert len(fake.submissions) == 1 and ledger(engine, pid) == [("hold", 15), ("release", 15)]
+
+
 def test_models_say_whether_pro_and_max_are_configured(engine: Engine, tmp_path: Path) -> None:
     from kontext_studio.bootstrap import build_editor
     from kontext_studio.settings import Settings
