@@ -56,3 +56,37 @@ def test_export_refuses_a_file_that_is_not_a_trained_adapter(tmp_path: Path) -> 
     save_file({"text_encoder.x.lora_A.weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(LoraError, match="not transformer"):
         export_kohya(path, tmp_path / "out.safetensors")
+
+
+def test_full_size_kohya_export_fuses_every_block_exactly() -> None:
+    """At the 12B model's sizes (19 double, 38 single blocks) the export goes through diffusers' kohya
+    converter, single blocks' fused linear1 (q, k, v and the MLP input) included, and back unchanged."""
+    from kontext_studio.core.lora import LoraInfo, detect_format
+    from kontext_studio.training.export import to_kohya
+
+    hidden, mlp = 3072, 12288
+    gen = torch.Generator().manual_seed(0)
+
+    def pair(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(2, n_in, generator=gen), torch.randn(n_out, 2, generator=gen)
+
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for b in range(38):
+        for p in ("attn.to_q", "attn.to_k", "attn.to_v"):
+            deltas[f"single_transformer_blocks.{b}.{p}"] = pair(hidden, hidden)
+        deltas[f"single_transformer_blocks.{b}.proj_mlp"] = pair(hidden, mlp)
+        deltas[f"single_transformer_blocks.{b}.proj_out"] = pair(hidden + mlp, hidden)
+    for b in range(19):
+        for p in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+                  "attn.to_out.0", "attn.to_add_out"):
+            deltas[f"transformer_blocks.{b}.{p}"] = pair(hidden, hidden)
+        deltas[f"transformer_blocks.{b}.ff.net.0.proj"] = pair(hidden, 4 * hidden)
+        deltas[f"transformer_blocks.{b}.ff.net.2"] = pair(4 * hidden, hidden)
+    kohya = to_kohya(deltas)
+    info = LoraInfo("full.safetensors", detect_format(kohya), "0" * 64, len(kohya), None, None, {}, sorted(kohya)[:5])
+    assert info.format is LoraFormat.KOHYA
+    converted = to_diffusers(kohya, info)
+    for module, (a, b) in deltas.items():  # compare the updates on a probe vector (no 12288 x 15360 products)
+        x = torch.randn(a.shape[1], generator=gen)
+        got = converted[f"transformer.{module}.lora_B.weight"] @ (converted[f"transformer.{module}.lora_A.weight"] @ x)
+        torch.testing.assert_close(got, b @ (a @ x), msg=module)

@@ -226,3 +226,24 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_dir: Path, da
         losses.append(LoraTrainer(pipe, cfg, tmp_path / str(checkpointing), base_model=described)
                       .train(dataset).losses)
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_each_adapter_learns_its_own_rule(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Beyond what every target has in common: an adapter trained on one rule brings held-out edits closer
+    to that rule's targets than to another rule's targets for the same sources."""
+    from kontext_studio.training.trainer import split_holdout
+
+    rules = ("invert", "swap")
+    reports = {r: check_dataset(make_pairs(tmp_path / r, 10, rule=r, size=(128, 128)), min_side=64) for r in rules}
+    distance: dict[tuple[str, str], float] = {}
+    for trained_on in rules:
+        pipe, described, _ = load_pipeline(str(tiny_model_dir))
+        trainer = LoraTrainer(pipe, _config(steps=300, validate_every=0), tmp_path / f"run-{trained_on}",
+                              base_model=described)
+        trainer.train(reports[trained_on])
+        for target_rule in rules:
+            held = split_holdout(reports[target_rule].usable, 2, 0)[1]
+            distance[trained_on, target_rule] = trainer.validate(trainer._encode(held), 300)["latent_distance"]
+    assert distance["invert", "invert"] < 0.99 * distance["invert", "swap"], distance
+    assert distance["swap", "swap"] < 0.99 * distance["swap", "invert"], distance
