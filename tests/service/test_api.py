@@ -119,6 +119,8 @@ def test_insufficient_credits_is_402_before_anything_is_queued(service: Any, acc
         ({"prompt": "x", "input_image": "https://example.com/a.png"}, "input_image"),
         ({"prompt": "x", "input_image": data_url(b"GIF89a" + b"\0" * 40, "gif")}, None),
         ({"prompt": "x", "input_image": data_url(png()), "colour": "red"}, "input"),
+        ({"prompt": "x", "input_image": data_url(png()), "safety_tolerance": 9}, "safety_tolerance"),
+        ({"prompt": "x", "input_image": data_url(png()), "prompt_upsampling": "yes"}, "prompt_upsampling"),
     ],
 )
 def test_bad_input_is_a_4xx_problem_and_holds_nothing(service: Any, accounts: SqlAccounts,

@@ -114,6 +114,7 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
             identity_guard=_float(body, "identity_guard"), candidates=_int(body, "candidates") or 1,
             pixel_lock=str(body.get("pixel_lock") or "auto"),
             loras=lora_specs(body.get("loras"), storage, check_only),
+            safety_tolerance=_int(body, "safety_tolerance"), prompt_upsampling=_bool(body, "prompt_upsampling"),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"input: {exc}", field="input") from None
@@ -126,6 +127,15 @@ def _int(body: dict[str, Any], key: str) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
         raise InvalidRequest(f"{key} must be an integer, got {v!r}", field=key)
     return int(v)
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise InvalidRequest(f"{key} must be true or false, got {v!r}", field=key)
+    return v
 
 
 def _float(body: dict[str, Any], key: str) -> float | None:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.engine import Editor
-from kontext_studio.core.errors import Canceled, InvalidRequest, KontextError
+from kontext_studio.core.errors import Canceled, KontextError
 from kontext_studio.core.registry import get_tier
-from kontext_studio.core.types import EditRequest
 from kontext_studio.service.inputs import to_request
 from kontext_studio.service.jobs.jobs_common import StaleAttempt
 from kontext_studio.service.jobs.jobs_sql import Claim, JobRemoteTasks, JobStore
@@ -105,7 +104,7 @@ class InProcessWorker:
                 canceled.set()
 
         try:
-            request = with_hosted_options(to_request(claim.input, claim.tier, self.storage), claim.input)
+            request = to_request(claim.input, claim.tier, self.storage)
             # Hosted tiers note their BFL task on the job, so a retried attempt resumes it, never re-sends.
             result = self.editor.edit(request, on_progress=on_progress, cancel=canceled.is_set,
                                       remote_tasks=JobRemoteTasks(self.store, claim))
@@ -130,22 +129,3 @@ class InProcessWorker:
     def _fail(self, claim: Claim, message: str) -> None:
         with contextlib.suppress(StaleAttempt):  # canceled or reaped meanwhile: nothing to record
             self.store.fail(claim, message)
-
-
-def with_hosted_options(request: EditRequest, body: dict[str, Any]) -> EditRequest:
-    """The request with BFL's ``safety_tolerance`` and ``prompt_upsampling`` from the stored input.
-
-    Raises:
-        InvalidRequest: a value of the wrong type or out of range (the job fails, its credits released).
-    """
-    tolerance, upsampling = body.get("safety_tolerance"), body.get("prompt_upsampling")
-    if tolerance is None and upsampling is None:
-        return request
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, int)):
-        raise InvalidRequest(f"safety_tolerance must be an integer from 0 to 6, got {tolerance!r}",
-                             field="safety_tolerance")
-    if upsampling is not None and not isinstance(upsampling, bool):
-        raise InvalidRequest(f"prompt_upsampling must be true or false, got {upsampling!r}", field="prompt_upsampling")
-    changed = request.replace(safety_tolerance=tolerance, prompt_upsampling=bool(upsampling))
-    changed.validate()
-    return changed
