@@ -72,7 +72,7 @@ class TrainResult:
         checkpoint: the last checkpoint folder (resume from it).
         losses: the loss of every step since step 1 (including steps before a resume).
         validations: one entry per validation round (``step``, mean ``latent_distance``,
-            ``pixel_distance``, ``consistency`` and the contact sheet path).
+            ``pixel_distance``, ``identity`` and the contact sheet path).
         data_hash: the dataset's content hash.
         seconds: wall time of this call.
     """
@@ -311,8 +311,9 @@ class LoraTrainer:
 
         Returns:
             ``step``, mean ``latent_distance`` (RMS between the edit's latents and the target's),
-            ``pixel_distance`` (mean absolute difference to the target picture, 0-1), ``consistency``
-            (feature-match score of the edit against the target, when the analysis extra is present),
+            ``pixel_distance`` (mean absolute difference to the target picture, 0-1), ``identity`` (the
+            analysis package's identity score of the edit against the target: face similarity when the
+            target shows a face, else feature consistency; None without the analysis extra),
             per-pair values and the contact sheet path.
         """
         import numpy as np
@@ -343,7 +344,7 @@ class LoraTrainer:
                 out = self._decode(latents, h, w)
                 pixel_d = float(np.abs(np.asarray(out, np.float32) - np.asarray(tgt, np.float32)).mean() / 255)
                 rows.append({"pair": it["name"], "latent_distance": latent_d, "pixel_distance": pixel_d,
-                             "consistency": _consistency(tgt, out)})
+                             **_identity(tgt, out)})
                 images += [src, out, tgt]
                 labels += [f"{it['name']} source", f"step {step} edit", f"{it['name']} target"]
         finally:
@@ -353,11 +354,11 @@ class LoraTrainer:
         sheet_path = self.out / "validation" / (f"step-{step:06d}.png" if adapter else f"base-{step:06d}.png")
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(images, labels, columns=3, cell=160).save(sheet_path)
-        cons = [r["consistency"] for r in rows if r["consistency"] is not None]
+        cons = [r["identity"] for r in rows if r["identity"] is not None]
         return {"step": step, "adapter": adapter,
                 "latent_distance": sum(r["latent_distance"] for r in rows) / len(rows),
                 "pixel_distance": sum(r["pixel_distance"] for r in rows) / len(rows),
-                "consistency": sum(cons) / len(cons) if cons else None, "pairs": rows, "sheet": str(sheet_path)}
+                "identity": sum(cons) / len(cons) if cons else None, "pairs": rows, "sheet": str(sheet_path)}
 
     def _decode(self, latents: torch.Tensor, h: int, w: int) -> Image.Image:
         pipe = self.pipe
@@ -436,11 +437,11 @@ class LoraTrainer:
 
     def _record_validation(self, v: dict[str, Any]) -> None:
         self.validations.append({k: v[k] for k in ("step", "adapter", "latent_distance", "pixel_distance",
-                                                    "consistency", "sheet")})
+                                                    "identity", "sheet")})
         for r in v["pairs"]:
             self._log("validation.csv", {"step": v["step"], "adapter": v["adapter"], **r})
         if tb := self._tensorboard():
-            for k in ("latent_distance", "pixel_distance", "consistency"):
+            for k in ("latent_distance", "pixel_distance", "identity"):
                 if v[k] is not None:
                     tb.add_scalar(f"validation/{k}", v[k], v["step"])
         self.on_event(f"validation at step {v['step']}: distance to target {v['latent_distance']:.4f} (latents), "
@@ -559,13 +560,14 @@ def latest_checkpoint(where: str | Path) -> Path:
     return found[-1]
 
 
-def _consistency(target: Image.Image, output: Image.Image) -> float | None:
+def _identity(target: Image.Image, output: Image.Image) -> dict[str, Any]:
+    """The analysis package's identity score of an edit against its target (face, else features)."""
     try:
-        from kontext_studio.analysis.consistency import compare_features
-    except ImportError:  # the analysis extra (OpenCV) is optional
-        return None
-    report = compare_features(target, output)
-    return report.score if report.measured else None
+        from kontext_studio.analysis.identity import compare_identity
+    except ImportError:  # the analysis extra (dlib, OpenCV) is optional
+        return {"identity": None, "identity_method": None}
+    report = compare_identity(target, output)
+    return {"identity": report.similarity, "identity_method": report.method}
 
 
 def load_pipeline(model: str | None, base: str | None = None, device: str = "auto", dtype: str = "auto",

@@ -148,7 +148,7 @@ class TrainingRunner:
                 if key not in stored_sheets and Path(v["sheet"]).is_file():
                     self.storage.put(key, Path(v["sheet"]).read_bytes())
                     stored_sheets.add(key)
-                out.append({k: v[k] for k in ("step", "latent_distance", "pixel_distance", "consistency")}
+                out.append({k: v[k] for k in ("step", "latent_distance", "pixel_distance", "identity")}
                            | {"image_key": key})
             return out
 
