@@ -132,6 +132,10 @@ def page(browser: Any, studio: Studio) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(15_000)
+    # Generous waits: the whole suite shares two cores with Chromium and the server.
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     yield pg

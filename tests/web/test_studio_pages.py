@@ -120,6 +120,7 @@ def test_api_key_is_shown_once_and_revoked(page: Any, studio: Studio, shot: Call
     expect(shown).to_have_text(re.compile(r"^ks_"))
     key = shown.inner_text()
     assert httpx.get(studio.url + "/v1/account", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    expect(page.get_by_text("No API keys yet")).to_have_count(0)
     shot(page, "11-account-new-key")
     row = page.locator("tr", has_text="script on my laptop")
     row.get_by_role("button", name="Revoke").click()

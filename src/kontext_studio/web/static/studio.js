@@ -524,8 +524,11 @@ function setupStudio() {
   $("#cancel").addEventListener("click", async () => {
     if (!studio.current) return;
     try {
-      await api("POST", `/v1/predictions/${studio.current.id}/cancel`);
       setStatus("Canceling…");
+      const pred = await api("POST", `/v1/predictions/${studio.current.id}/cancel`);
+      if (studio.stream) studio.stream.close();
+      clearInterval(studio.queueTimer);
+      finished(pred);  // the answer already says canceled (or finished, if it ended first)
     } catch (err) { setStatus(err.message); }
   });
   $("#compare-range").addEventListener("input", (e) => setCompare(Number(e.target.value)));
@@ -650,6 +653,8 @@ function setupAccount() {
       tr.children[0].textContent = k.name || "—";
       tr.querySelector("code").textContent = k.prefix;
       tr.querySelector("button").dataset.revoke = k.id;
+      const empty = $("#keys-body tr.empty");
+      if (empty) empty.remove();
       $("#keys-body").append(tr);
     } catch (err) { showError($("#key-error"), err.message); }
   });
