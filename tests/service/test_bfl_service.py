@@ -123,7 +123,10 @@ def test_moderation_is_reported_and_releases_the_credits(engine: Engine, account
             pid = client.post("/v1/predictions", {"model": "flux-kontext-pro", "input": {
                 "prompt": "x", "input_image": data_url(png())}}).json()["id"]
             done = client.wait(pid)
+            shim = client.get(f"/v1/get_result?id={pid}").json()
     assert done["status"] == "failed" and "moderation" in done["error"] and "fake-task-1" in done["error"]
+    assert done["error_code"] == status.lower().replace(" ", "_")
+    assert shim["status"] == status  # BFL clients of our shim see BFL's own moderation status
     assert accounts.balance(uid).available == 100 and accounts.balance(uid).held == 0
     assert ledger(engine, pid) == [("hold", 8), ("release", 8)]
 

@@ -47,6 +47,8 @@ from kontext_studio.web.auth import StudioAuth, is_cross_site
 
 BFL_STATUS = {"starting": "Pending", "processing": "Pending", "succeeded": "Ready", "failed": "Error",
               "canceled": "Error", "aborted": "Error"}
+# A moderated edit answers with BFL's own statuses, so BFL clients (ours included) report it as moderation.
+BFL_MODERATION = {"request_moderated": "Request Moderated", "content_moderated": "Content Moderated"}
 MODEL_NAMES = {f"flux-kontext-{t}": t for t in TIERS}
 MAX_UPLOAD = 20 * 2**20
 FILE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -207,7 +209,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         return {
             "id": job.id, "model": job.model, "version": "local", "status": job.status,
             "input": dict(job.input), "output": file_url(base, files[0]) if files else None,
-            "error": job.error, "logs": job.logs or "", "metrics": metrics, "progress": job.progress,
+            "error": job.error, "error_code": job.error_code, "logs": job.logs or "", "metrics": metrics,
+            "progress": job.progress,
             "cost": job.cost,
             "created_at": job.created_at.isoformat(), "started_at": job.started_at and job.started_at.isoformat(),
             "completed_at": job.completed_at and job.completed_at.isoformat(),
@@ -443,8 +446,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         env = envelope(base_of(request), job)
         result = {"sample": env["output"], "seed": (job.output or {}).get("seed")} if job.status == "succeeded" \
             else None
-        return {"id": id, "status": BFL_STATUS[job.status], "result": result, "progress": job.progress,
-                "error": job.error}
+        status = BFL_MODERATION.get(job.error_code or "", BFL_STATUS[job.status])
+        return {"id": id, "status": status, "result": result, "progress": job.progress, "error": job.error}
 
     # -- the studio: its API (open to every client) and its pages at / -------------------------------
     def submit_for_studio(me: UserRecord, tier: str, payload: dict[str, Any], idem: str | None = None) -> str:

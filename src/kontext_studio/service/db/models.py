@@ -116,6 +116,7 @@ class Job(Base):
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     output: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))  # the error's stable code
     logs: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     cost: Mapped[int] = mapped_column(Integer, default=0)

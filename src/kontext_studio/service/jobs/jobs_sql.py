@@ -211,10 +211,16 @@ class JobStore:
             self.accounts.using(s).capture(claim.job_id)
         self.on_change(claim.job_id)
 
-    def fail(self, claim: Claim, error: str) -> None:
-        """Mark the attempt failed and release the hold (fenced like ``succeed``)."""
+    def fail(self, claim: Claim, error: str, code: str | None = None) -> None:
+        """Mark the attempt failed and release the hold (fenced like ``succeed``).
+
+        Args:
+            claim: the attempt that failed.
+            error: what went wrong, in words.
+            code: the error's stable code (e.g. ``request_moderated``), for clients that branch on it.
+        """
         with self.sessions.begin() as s:
-            self._fenced(s, claim, status=JobStatus.FAILED, error=error, completed_at=utcnow(),
+            self._fenced(s, claim, status=JobStatus.FAILED, error=error, error_code=code, completed_at=utcnow(),
                          lease_expires_at=None)
             self.accounts.using(s).release(claim.job_id)
         self.on_change(claim.job_id)

@@ -121,11 +121,11 @@ class InProcessWorker:
         except Canceled:
             logger.info("prediction %s canceled", claim.job_id)
         except KontextError as exc:
-            self._fail(claim, str(exc))
+            self._fail(claim, str(exc), exc.code)
         except Exception as exc:
             logger.exception("prediction %s crashed", claim.job_id)
-            self._fail(claim, f"internal error: {exc.__class__.__name__}")
+            self._fail(claim, f"internal error: {exc.__class__.__name__}", "internal_error")
 
-    def _fail(self, claim: Claim, message: str) -> None:
+    def _fail(self, claim: Claim, message: str, code: str | None = None) -> None:
         with contextlib.suppress(StaleAttempt):  # canceled or reaped meanwhile: nothing to record
-            self.store.fail(claim, message)
+            self.store.fail(claim, message, code)
