@@ -164,3 +164,29 @@ def test_predictions_refuse_an_unknown_lora(app_by_hand: Any, accounts: SqlAccou
     res = client.post("/v1/predictions", {"input": {"prompt": "x", "input_image": data_url(png()),
                                                     "loras": "not-a-list"}})
     assert res.status_code == 422 and res.json()["field"] == "loras"
+
+
+def test_a_run_interrupted_by_a_server_stop_resumes_where_it_stopped(app_by_hand: Any, accounts: SqlAccounts,
+                                                                    tmp_path: Path) -> None:
+    client, _ = user_client(app_by_hand, accounts)
+    data = zip_folder(make_pairs(tmp_path / "ds", 3, size=(128, 128)))
+    run = submit(client, data, CONFIG | {"steps": 40, "validate_every": 0}).json()
+    runner = app_by_hand.state.training_runner
+    worker = threading.Thread(target=runner.run_once)
+    worker.start()
+    end = time.monotonic() + 60
+    while client.get(f"/v1/trainings/{run['id']}").json()["step"] < 3 and time.monotonic() < end:
+        time.sleep(0.05)
+    runner._stop.set()  # what stopping the server does to a run in progress
+    worker.join(60)
+    stopped = client.get(f"/v1/trainings/{run['id']}").json()
+    assert stopped["status"] == "running" and stopped["step"] < 40  # left for the next start
+
+    runner._stop.clear()
+    assert runner.store.requeue_interrupted() >= 1  # the next start
+    assert runner.run_once()
+    done = client.get(f"/v1/trainings/{run['id']}").json()
+    assert done["status"] == "succeeded" and done["step"] == 40
+    steps = [int(line.split(",")[0]) for line in
+             (runner.work_dir / run["id"] / "out" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 41))  # continued from the checkpoint written at the stop, nothing redone

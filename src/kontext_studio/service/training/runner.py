@@ -191,7 +191,10 @@ class TrainingRunner:
         self.store.finish(run.id, RunStatus.SUCCEEDED, step=result.step, progress=1.0,
                           loss=result.losses[-1] if result.losses else None, validations=validations,
                           data_hash=result.data_hash)
+        # The adapter is in storage now; the unpacked data and the checkpoints (optimiser states: hundreds of
+        # MB at full size) are not needed any more. The logs stay.
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(folder / "out" / "checkpoints", ignore_errors=True)
 
 
 
