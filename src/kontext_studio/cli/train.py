@@ -62,8 +62,10 @@ def check(
     min_side: MinSideOpt = 256,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a dataset before training: partners, unreadable or tiny pictures, aspect mismatches, captions,
-    duplicates. Exits 2 when a pair has an error."""
+    """Check a dataset before training (partners, unreadable or tiny pictures, aspect, captions, duplicates).
+
+    Exits 2 when a pair has an error.
+    """
     from kontext_studio.training.dataset import check_dataset
 
     report = check_dataset(dataset, control, instruction, min_side)
