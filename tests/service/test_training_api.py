@@ -150,7 +150,7 @@ def test_cancel_a_queued_and_a_running_run(app_by_hand: Any, accounts: SqlAccoun
     while client.get(f"/v1/trainings/{long_run['id']}").json()["step"] < 3 and time.monotonic() < end:
         time.sleep(0.1)
     running = client.post(f"/v1/trainings/{long_run['id']}/cancel").json()
-    assert running["status"] == "running"
+    assert running["status"] == "running" and running["eta_seconds"] > 0
     worker.join(60)
     done = client.get(f"/v1/trainings/{long_run['id']}").json()
     assert done["status"] == "canceled" and 3 <= done["step"] < 100000 and done["lora"] is None

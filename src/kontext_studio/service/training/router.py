@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.service.db.base import utcnow
 from kontext_studio.service.db.models_training import TrainingRun
 from kontext_studio.service.training.archive import extract_dataset
 from kontext_studio.service.training.runner import TrainingRunner
@@ -52,10 +53,15 @@ def training_router(store: TrainingStore, runner: TrainingRunner | None, storage
     def envelope(request: Request, run: TrainingRun) -> dict[str, Any]:
         base = str(request.base_url).rstrip("/")
         lora = store.lora_of_run(run.id) if run.status == "succeeded" else None
+        eta = None
+        if run.status == "running" and run.started_at and run.step:
+            # The average pace since the run started (optimistic just after a resume: started_at is reset).
+            elapsed = (utcnow() - run.started_at).total_seconds()
+            eta = round(elapsed / run.step * (run.total_steps - run.step), 1)
         return {
             "id": run.id, "name": run.name, "status": run.status, "step": run.step, "total_steps": run.total_steps,
-            "progress": run.progress, "loss": run.loss, "pairs": run.pairs, "data_hash": run.data_hash,
-            "config": run.config, "error": run.error,
+            "progress": run.progress, "eta_seconds": eta, "loss": run.loss, "pairs": run.pairs,
+            "data_hash": run.data_hash, "config": run.config, "error": run.error,
             "validations": [{k: v for k, v in val.items() if k != "image_key"}
                             | {"image": file_url_for(request, val["image_key"])} for val in run.validations or []],
             "lora": {"id": lora.id, "name": lora.name, "rank": lora.rank, "alpha": lora.alpha} if lora else None,
