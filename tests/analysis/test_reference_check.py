@@ -415,3 +415,26 @@ def test_one_megapixel_face_photo_is_fast(astronaut: Image.Image) -> None:
     check_reference(big)
     # Target 0.3 s (measured ~0.2 s on 2 cores); generous here so a busy CI machine does not flake.
     assert time.perf_counter() - started < 1.5
+
+
+def test_concurrent_checks_do_not_crash_the_process() -> None:
+    """dlib's detector is not thread-safe: the service checks uploads while its worker checks references.
+    Run in a child process, so a crash fails this test instead of killing the test run."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading, numpy as np\n"
+        "from PIL import Image\n"
+        "from kontext_studio.analysis.reference_check import check_reference\n"
+        "rng = np.random.default_rng(0)\n"
+        "imgs = [Image.fromarray(rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)) for _ in range(4)]\n"
+        "def run(i):\n"
+        "    for _ in range(5):\n"
+        "        check_reference(imgs[i], expect_face=True)\n"
+        "ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print('done')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]

@@ -505,6 +505,11 @@ def _load_face_models() -> tuple[Any, Any] | None:
     return detector, predictor
 
 
+# dlib's detector and shape predictor are not safe for concurrent calls (two at once can abort the process):
+# the service checks uploads while its worker checks references, so every call goes through this lock.
+_run_lock = threading.Lock()
+
+
 def _face_models() -> tuple[Any, Any] | None:
     """dlib's HOG detector and the 68-point predictor (predictor None if not shipped); None without dlib."""
     with _model_lock:  # concurrent first calls wait for one load instead of each loading 100 MB
@@ -523,7 +528,8 @@ def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
     # Pass 1 on the 512 px copy (HOG cost grows with pixels): finds faces >= ~14 % of the short side.
     gray = work_luma
     scale, upsample = work_scale, 0
-    rects, scores, _ = detector.run(gray, 0, 0.0)
+    with _run_lock:
+        rects, scores, _ = detector.run(gray, 0, 0.0)
     if fine_pass and not any(s >= FACE_MIN_SCORE for s in scores):
         # Pass 2, only when needed: finer, so faces down to ~7 % of the short side are found.
         short = min(rgb.size)
@@ -532,7 +538,8 @@ def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
             gray = np.asarray(fine.convert("L"))
         else:
             upsample = 1
-        rects, scores, _ = detector.run(gray, upsample, 0.0)
+        with _run_lock:
+            rects, scores, _ = detector.run(gray, upsample, 0.0)
     candidates = sorted(zip(scores, rects, strict=True), key=lambda sr: -sr[0])
     faces: list[_Face] = []
     w, h = rgb.size
@@ -545,7 +552,8 @@ def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
     if faces and predictor is not None:
         main = max(faces, key=lambda f: f.width)
         left, top, right, bottom = main.scaled_box(scale)
-        shape = predictor(gray, dlib.rectangle(left, top, right - 1, bottom - 1))
+        with _run_lock:
+            shape = predictor(gray, dlib.rectangle(left, top, right - 1, bottom - 1))
         main.landmarks = np.array([(p.x / scale, p.y / scale) for p in shape.parts()], dtype=np.float64)
     return faces
 
