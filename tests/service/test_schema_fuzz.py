@@ -64,10 +64,12 @@ def fuzz_operation(operation: Any, keys: list[str], failures: list[str]) -> None
     check()
 
 
-@pytest.mark.parametrize("path", ["/v1/predictions/does-not-exist", "/v1/files/../../etc/passwd?expires=1&sig=x"])
+@pytest.mark.parametrize("path", ["/v1/predictions/does-not-exist", "/v1/files/../../etc/passwd?expires=1&sig=x",
+                                  "/v1/no-such-route", "/v1/files/%F0%9F%98%80%00"])
 def test_odd_paths_are_4xx(tmp_path: Any, path: str) -> None:
     from fastapi.testclient import TestClient
 
     app, keys = _app(tmp_path)
     r = TestClient(app).get(path, headers={"Authorization": f"Bearer {keys[0]}"})
     assert 400 <= r.status_code < 500
+    assert r.headers["content-type"] == "application/problem+json" and r.json()["code"]  # routing errors too

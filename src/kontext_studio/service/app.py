@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request, Response
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import InvalidRequest, KontextError
@@ -26,7 +28,12 @@ from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.openapi import publish_complete_schema
-from kontext_studio.service.api.problems import Unauthorized, kontext_error_handler, validation_error_handler
+from kontext_studio.service.api.problems import (
+    Unauthorized,
+    http_error_handler,
+    kontext_error_handler,
+    validation_error_handler,
+)
 from kontext_studio.service.api.studio import search_jobs, studio_api_router
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input
@@ -88,7 +95,7 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                local_user_id: int | None = None, start_worker: bool = True, public_url: str = "http://127.0.0.1:8000",
                webhook_policy: AddressPolicy = is_public_address, allow_http_webhooks: bool = False,
                rate_limit: int = 60, max_active_per_user: int = 8, dispatcher: Dispatcher | None = None,
-               image_urls: ImageFetcher | None = None) -> FastAPI:
+               image_urls: ImageFetcher | None = None, training_dir: Path | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -108,6 +115,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
             to re-send jobs whose lease expired or whose message was lost).
         image_urls: accept image URLs in inputs, fetched through this SSRF-guarded fetcher (``None``: URLs
             are refused with a message saying how to send the image instead).
+        training_dir: where LoRA training keeps unpacked datasets, checkpoints (a run resumes from them after a
+            restart) and its latent cache; default a folder in the system's temporary directory.
     """
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
@@ -168,10 +177,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     app.state.services = services
     worker = InProcessWorker(jobs, editor, storage)
     app.state.worker = worker
-    training_store, training_runner = build_training(sessions, storage, editor)
+    training_store, training_runner = build_training(sessions, storage, editor, work_dir=training_dir)
     app.state.training_runner = training_runner
     app.add_exception_handler(KontextError, kontext_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     studio_auth = StudioAuth(secret)
 
     def current_user(request: Request, authorization: Annotated[str | None, Header()] = None,

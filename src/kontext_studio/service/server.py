@@ -116,7 +116,8 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
     app = create_app(prepared.engine, LocalStorage(storage_root(settings)),
                      editor_factory(), server_secret(settings),
                      free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher,
-                     image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None)
+                     image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None,
+                     training_dir=Path(settings.home) / "training")
     app.state.weights_status = lambda: missing_weights(settings)  # the studio's banner
     return app
 

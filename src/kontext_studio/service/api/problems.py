@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kontext_studio.core.errors import Canceled, InvalidRequest, KontextError, TierNotConfigured, WeightsNotFound
 from kontext_studio.service.accounts.accounts_common import Conflict, InsufficientCredits, NotFound
@@ -69,3 +70,21 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     return problem(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid request')}", "invalid_request",
                    field=where or None)
+
+
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> Response:
+    """Errors raised by the framework itself (no route matched, wrong method) as problems like every other."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code < 400:  # a redirect or the like: not an error
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail else "request failed"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "no such route; see /docs for the API"
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    response = problem(exc.status_code, code.replace("_", " ").capitalize(), detail, code)
+    response.headers.update(exc.headers or {})
+    return response
