@@ -190,3 +190,17 @@ def test_a_run_interrupted_by_a_server_stop_resumes_where_it_stopped(app_by_hand
     steps = [int(line.split(",")[0]) for line in
              (runner.work_dir / run["id"] / "out" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 41))  # continued from the checkpoint written at the stop, nothing redone
+
+
+def test_a_server_with_celery_workers_refuses_training_instead_of_queueing_it(engine: Engine,
+                                                                              accounts: SqlAccounts,
+                                                                              tmp_path: Path) -> None:
+    from tests.service.test_fencing import RecordingDispatcher
+
+    app = create_app(engine, MemoryStorage(), Editor({}), SECRET, start_worker=False,
+                     dispatcher=RecordingDispatcher())
+    client, _ = user_client(app, accounts)
+    res = submit(client, zip_folder(make_pairs(tmp_path / "ds", 4, size=(64, 64))))
+    assert res.status_code == 503 and res.json()["code"] == "training_unavailable"
+    assert "kontext train-lora run" in res.json()["detail"]
+    assert client.get("/v1/trainings").json()["results"] == []

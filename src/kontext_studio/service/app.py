@@ -471,7 +471,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     mount_studio(app, auth=studio_auth, accounts=accounts, jobs=jobs, editor=editor, free=free,
                  file_url_for=lambda request, key: file_url(base_of(request), key))
 
-    app.include_router(training_router(training_store, training_runner, storage, current_user,
-                                       lambda request, key: file_url(base_of(request), key)))
+    app.include_router(training_router(
+        training_store, training_runner, storage, current_user, lambda request, key: file_url(base_of(request), key),
+        # Celery workers run edit jobs only; a training run submitted here would wait for a runner forever.
+        unavailable=("LoRA training runs on a single-machine server (no KONTEXT_BROKER_URL); this server sends "
+                     "jobs to Celery workers. Train with `kontext train-lora run` on a GPU machine, or on a "
+                     "server without a broker") if dispatcher is not None else None))
     publish_complete_schema(app)
     return app

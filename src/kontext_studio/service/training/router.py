@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.service.db.base import utcnow
 from kontext_studio.service.db.models_training import TrainingRun
 from kontext_studio.service.training.archive import extract_dataset
@@ -34,9 +34,15 @@ class DatasetRejected(InvalidRequest):
     code = "invalid_dataset"
 
 
+class TrainingUnavailable(KontextError):
+    """This server has no runner for training jobs."""
+
+    code = "training_unavailable"
+
+
 def training_router(store: TrainingStore, runner: TrainingRunner | None, storage: Any,
                     user: Callable[..., Any], file_url_for: Callable[[Request, str], str],
-                    max_zip: int = MAX_DATASET_ZIP) -> APIRouter:
+                    max_zip: int = MAX_DATASET_ZIP, unavailable: str | None = None) -> APIRouter:
     """The training API.
 
     Args:
@@ -46,6 +52,8 @@ def training_router(store: TrainingStore, runner: TrainingRunner | None, storage
         user: the service's current-user dependency.
         file_url_for: a signed URL of a stored file, for validation sheets.
         max_zip: upload cap in bytes (413 above it).
+        unavailable: why this server cannot run training (new runs are then refused with 503 and this reason,
+            instead of waiting in a queue nothing reads).
     """
     router = APIRouter(tags=["training"])
     CurrentUser = Annotated[Any, Depends(user)]
@@ -83,6 +91,10 @@ def training_router(store: TrainingStore, runner: TrainingRunner | None, storage
 
     def submit(user_id: int, name: str, config_text: str, data: bytes, skip_bad_pairs: bool,
                min_side: int) -> str:
+        if unavailable:
+            err = TrainingUnavailable(unavailable)
+            err.http_status = 503  # type: ignore[attr-defined]
+            raise err
         from kontext_studio.training.config import TrainConfig
         from kontext_studio.training.dataset import check_dataset
 
