@@ -193,8 +193,8 @@ def throwaway_database(server_url: str) -> Iterator[str]:
 
 
 # -- worker processes -------------------------------------------------------------------------------------
-# Runs a worker and exits when its parent goes away, so no worker outlives a killed test run.
-_WORKER_MAIN = r"""
+# Child processes exit when their parent goes away, so none outlives a killed test run.
+_EXIT_WITH_PARENT = r"""
 import json, os, sys, threading, time
 parent = os.getppid()
 def watch():
@@ -203,7 +203,9 @@ def watch():
         if os.getppid() != parent:
             os._exit(3)
 threading.Thread(target=watch, daemon=True).start()
-mode, hostname, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+"""
+
+_WORKER_MAIN = _EXIT_WITH_PARENT + r"""mode, hostname, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if mode == "cli":
     from celery.__main__ import main
     sys.argv = ["celery", "-A", "kontext_studio.service.jobs.celery_app", "worker", "--pool=solo",
@@ -215,16 +217,7 @@ run_worker(make_celery(**cfg), hostname=hostname)
 """
 
 
-_API_MAIN = r"""
-import json, os, sys, threading, time
-parent = os.getppid()
-def watch():
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(3)
-threading.Thread(target=watch, daemon=True).start()
-cfg = json.loads(sys.argv[1])
+_API_MAIN = _EXIT_WITH_PARENT + r"""cfg = json.loads(sys.argv[1])
 import uvicorn
 from kontext_studio.core.backends.fake import FakeBackend
 from kontext_studio.core.engine import Editor

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Callable
@@ -12,9 +11,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kontext_studio.bootstrap import build_editor, model_source, with_overrides
-from kontext_studio.cli.output import err, fail, out, print_json, progress_bars
+from kontext_studio.cli.output import err, handles_errors, out, print_json, progress_bars
 from kontext_studio.cli.train import app as train_app
-from kontext_studio.core.errors import InvalidRequest, KontextError
+from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.recipe import format_for_path, read_recipe
 from kontext_studio.core.registry import TIERS
 from kontext_studio.core.resolution import ASPECT_PRESETS
@@ -51,22 +50,6 @@ CheckOpt = Annotated[bool, typer.Option("--check/--no-check", help="Check each r
                                         "problems (resolution, blur, exposure, faces...).")]
 
 
-def handles_errors(fn: F) -> F:
-    """Turn engine errors into a clear message and an exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            return fn(*args, **kwargs)
-        except KontextError as exc:
-            fail(str(exc), getattr(exc, "exit_code", 1), as_json, getattr(exc, "code", "error"))
-            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
-        except KeyboardInterrupt:
-            fail("canceled", 130, as_json, "canceled")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _settings(model: str | None, base: str | None, device: str | None, memory_mode: str | None) -> Settings:

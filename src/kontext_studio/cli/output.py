@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from kontext_studio.core.errors import KontextError
 
 # Progress and messages go to stderr so ``--json`` output on stdout stays machine-readable.
 err = Console(stderr=True, soft_wrap=True)
@@ -61,3 +65,24 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
             progress.update(tasks[phase], completed=done, total=total)
 
         yield on_progress
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn engine errors into a clear message and an exit code, never a traceback; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return fn(*args, **kwargs)
+        except KontextError as exc:
+            fail(str(exc), getattr(exc, "exit_code", 1), as_json, getattr(exc, "code", "error"))
+            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            fail("canceled", 130, as_json, "canceled")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]

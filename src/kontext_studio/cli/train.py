@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from kontext_studio.cli.output import err, fail, out, print_json
-from kontext_studio.core.errors import InvalidRequest, KontextError
+from kontext_studio.cli.output import err, handles_errors, out, print_json
+from kontext_studio.core.errors import InvalidRequest
 
 app = typer.Typer(help="Train FLUX.1 Kontext [dev] LoRAs from before/after pairs.", no_args_is_help=True)
 
@@ -24,22 +23,6 @@ MinSideOpt = Annotated[int, typer.Option(help="Shortest side a picture may have,
 EXIT_DATASET = 2
 
 
-def _errors(fn: F) -> F:
-    """Engine errors become a message and an exit code; Ctrl-C outside training exits 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            return fn(*args, **kwargs)
-        except KontextError as exc:
-            fail(str(exc), getattr(exc, "exit_code", 1), as_json, getattr(exc, "code", "error"))
-            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
-        except KeyboardInterrupt:
-            fail("canceled", 130, as_json, "canceled")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _print_report(report: Any) -> None:
@@ -53,7 +36,7 @@ def _print_report(report: Any) -> None:
 
 
 @app.command()
-@_errors
+@handles_errors
 def check(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (ai-toolkit layout or with manifest.csv/.jsonl) "
                                             "or a manifest file.")],
@@ -82,7 +65,7 @@ def _parse_targets(text: str | None) -> list[str] | None:
 
 
 @app.command("run")
-@_errors
+@handles_errors
 def run(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder or manifest file (see `check`).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder: lora.safetensors, checkpoints/, "
@@ -210,7 +193,7 @@ def run(
 
 
 @app.command()
-@_errors
+@handles_errors
 def export(
     lora: Annotated[Path, typer.Argument(help="A diffusers-format adapter made by `train-lora run`.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the kohya / ComfyUI file.")],
