@@ -42,7 +42,7 @@ install-dev: $(VENV)/.installed-dev  ## plus test and lint tools
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-serve: install  ## the main job: the Kontext Studio service on http://$(HOST):$(PORT) (ARGS="--fake-backend" to try it without weights)
+serve: install  ## the main job: the web studio and API on http://$(HOST):$(PORT)/ (ARGS="--fake-backend" to try it without weights)
 	$(KONTEXT) serve --host $(HOST) --port $(PORT) $(ARGS)
 
 edit: install  ## make edit IMG=photo.jpg PROMPT="put her on a beach at sunset" [OUT=out.png] [ARGS="--seed 7"]

@@ -431,7 +431,7 @@ def serve(
     device: DeviceOpt = None,
     memory_mode: MemoryOpt = None,
 ) -> None:
-    """Start the Kontext Studio service (API; jobs run on the warm engine in-process)."""
+    """Start Kontext Studio: the web studio at / and the API (jobs run on the warm engine in-process)."""
     import uvicorn
 
     from kontext_studio.core.engine import Editor
@@ -448,7 +448,7 @@ def serve(
         return build_editor(settings, on_status=lambda m: err.print(m))
 
     application = build_app(settings, host, editor_factory, say=lambda m: out.print(m, highlight=False))
-    out.print(f"Kontext Studio API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", highlight=False)
+    out.print(f"Kontext Studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", highlight=False)
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
