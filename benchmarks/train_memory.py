@@ -2,10 +2,13 @@
 
 With CUDA: builds the full-size FLUX.1 Kontext transformer with random bf16 weights directly on the GPU
 (no download; time and memory do not depend on weight values), adds a rank-16 LoRA on the default
-targets and times real training steps of ``LoraTrainer`` (the same loss code as a run) at 512 and 768 px,
-with and without gradient checkpointing: peak ``torch.cuda.max_memory_allocated`` and median s/step.
-Latents and text embeddings are random tensors of the right shapes (they come from the cache in a run,
-so the VAE and text encoders are not resident).
+targets and times real training steps of ``LoraTrainer`` (the same loss code as a run) at 512 and 768 px:
+with and without gradient checkpointing on a bf16 base, and with checkpointing on an fp8 base (the
+trainer's ``base_precision="fp8"``, the same ``_add_adapter`` call as a run). It reports peak
+``torch.cuda.max_memory_allocated`` from the first step on (the bf16 copy the fp8 rows are built from is
+freed before) and median s/step. Building needs a card that holds the bf16 transformer (22 GiB); the
+fp8 rows' peak says whether a 24 GB card would do. Latents and text embeddings are random tensors of the
+right shapes (they come from the cache in a run, so the VAE and text encoders are not resident).
 
 Without CUDA it prints the analytic estimate (``kontext_studio.training.memory``) for the same grid and
 says that measured figures need a GPU.
@@ -34,15 +37,19 @@ def estimate_rows(resolutions: list[int], rank: int) -> list[dict[str, Any]]:
     t = build_meta_transformer()
     rows = []
     for res in resolutions:
-        for gc in (False, True):
-            for base_bytes, base in ((2, "bf16"), (1, "8-bit")):
-                e = estimate(t, res, rank, list(DEFAULT_TARGET_MODULES), gradient_checkpointing=gc,
-                             base_dtype_bytes=base_bytes).as_dict()
-                rows.append({"resolution": res, "checkpointing": gc, "base": base, **{
-                    k: e[k] for k in ("base_params", "lora_params", "tokens", "base_weights_gib",
-                                      "lora_weights_and_grads_gib", "optimizer_states_gib", "activations_gib",
-                                      "workspace_gib", "total_gib")}})
+        for gc, base in GRID:
+            e = estimate(t, res, rank, list(DEFAULT_TARGET_MODULES), gradient_checkpointing=gc,
+                         base_precision=base).as_dict()
+            rows.append({"resolution": res, "checkpointing": gc, "base": base, **{
+                k: e[k] for k in ("base_params", "base_fp8_params", "lora_params", "tokens", "base_weights_gib",
+                                  "upcast_weights_gib", "lora_weights_and_grads_gib", "optimizer_states_gib",
+                                  "activations_gib", "workspace_gib", "total_gib")}})
     return rows
+
+
+# (gradient checkpointing, base precision) per resolution; fp8 storage only runs with checkpointing (the
+# trainer refuses it otherwise: without recomputation every upcast weight is kept for the backward pass).
+GRID = ((False, "bf16"), (True, "bf16"), (True, "fp8"))
 
 
 # --smoke: the same code path on a shrunken transformer (CPU when there is no GPU), to check the script.
@@ -51,7 +58,8 @@ SMOKE = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num
          "axes_dims_rope": [4, 4, 8]}
 
 
-def measure(resolution: int, rank: int, checkpointing: bool, steps: int, smoke: bool = False) -> dict[str, Any]:
+def measure(resolution: int, rank: int, checkpointing: bool, steps: int, smoke: bool = False,
+            base: str = "bf16") -> dict[str, Any]:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
@@ -80,10 +88,11 @@ def measure(resolution: int, rank: int, checkpointing: bool, steps: int, smoke: 
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096), vae=tiny_vae, text_encoder=tiny_vae, text_encoder_2=tiny_vae)
     cfg = TrainConfig(steps=steps, rank=rank, resolution=resolution, gradient_checkpointing=checkpointing,
-                      validate_every=0, checkpoint_every=0)
+                      base_precision="fp8" if base == "fp8" else "model", validate_every=0, checkpoint_every=0)
     trainer = LoraTrainer(pipe, cfg, "/tmp/kontext-train-memory", base_model="random full-size", cache_dir=None)
-    params = trainer._add_adapter()
+    params = trainer._add_adapter()  # with fp8: the trainer's own casting, as in a run
     optimizer = trainer._optimizer(params)
+    weights = sum(p.numel() * p.element_size() for p in transformer.parameters())
     side = resolution // 8
     item = {"target": torch.randn(1, 16, side, side), "source": torch.randn(1, 16, side, side),
             "prompt": (torch.randn(1, 512, 4096), torch.randn(1, 768), torch.zeros(512, 3)),
@@ -103,12 +112,14 @@ def measure(resolution: int, rank: int, checkpointing: bool, steps: int, smoke: 
             sync()
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() if cuda else 0
-        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing,
-                  "peak_gib": round(peak / GiB, 2), "s_per_step": round(statistics.median(times[1:] or times), 3),
-                  "fits_24gb": peak < 24e9, "oom": False}
+        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing, "base": base,
+                  "weights_gib": round(weights / GiB, 2), "peak_gib": round(peak / GiB, 2),
+                  "s_per_step": round(statistics.median(times[1:] or times), 3), "fits_24gb": peak < 24e9,
+                  "oom": False}
     except torch.OutOfMemoryError:
-        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing, "peak_gib": None,
-                  "s_per_step": None, "fits_24gb": False, "oom": True}
+        result = {"resolution": resolution, "rank": rank, "checkpointing": checkpointing, "base": base,
+                  "weights_gib": round(weights / GiB, 2), "peak_gib": None, "s_per_step": None,
+                  "fits_24gb": False, "oom": True}
     del trainer, optimizer, params, transformer, pipe
     if cuda:
         torch.cuda.empty_cache()
@@ -130,8 +141,8 @@ def main() -> int:
         report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         if args.smoke:
             report["device"] += " (smoke: shrunken model, figures mean nothing)"
-        report["measured"] = [measure(r, args.rank, gc, args.steps, args.smoke) for r in args.resolutions
-                              for gc in (False, True)]
+        report["measured"] = [measure(r, args.rank, gc, args.steps, args.smoke, base) for r in args.resolutions
+                              for gc, base in GRID]
     else:
         report["measured"] = None
         report["note"] = ("no CUDA device: these are analytic estimates; run this script on a GPU for measured "
@@ -140,23 +151,27 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"Estimate (rank {args.rank}, default targets, batch 1, target + source + 512 text tokens):")
-    print(f"{'px':>5} {'ckpt':>5} {'base':>6} {'weights':>8} {'lora+grad':>9} {'adamw':>6} {'activ.':>7} "
-          f"{'total GiB':>9}  24 GB?")
+    print(f"{'px':>5} {'ckpt':>5} {'base':>6} {'weights':>8} {'upcast':>7} {'lora+grad':>9} {'adamw':>6} "
+          f"{'activ.':>7} {'total GiB':>9}  24 GB?")
     for r in report["estimate"]:
         print(f"{r['resolution']:>5} {('yes' if r['checkpointing'] else 'no'):>5} {r['base']:>6} "
-              f"{r['base_weights_gib']:>8.2f} {r['lora_weights_and_grads_gib']:>9.2f} "
+              f"{r['base_weights_gib']:>8.2f} {r['upcast_weights_gib']:>7.2f} {r['lora_weights_and_grads_gib']:>9.2f} "
               f"{r['optimizer_states_gib']:>6.2f} {r['activations_gib']:>7.2f} {r['total_gib']:>9.2f}  "
               f"{'fits' if r['total_gib'] * GiB < 24e9 else 'no'}")
     first = report["estimate"][0]
-    print(f"transformer parameters {first['base_params'] / 1e9:.2f} B, LoRA rank {args.rank} parameters "
-          f"{first['lora_params'] / 1e6:.1f} M")
+    fp8 = next((r for r in report["estimate"] if r["base"] == "fp8"), None)
+    print(f"transformer parameters {first['base_params'] / 1e9:.2f} B"
+          + (f" ({fp8['base_fp8_params'] / 1e9:.2f} B stored in fp8 with --base-precision fp8)" if fp8 else "")
+          + f", LoRA rank {args.rank} parameters {first['lora_params'] / 1e6:.1f} M")
     if report["measured"] is None:
         print(report["note"])
         return 0
     print(f"Measured on {report['device']} (random weights, {args.steps} steps, median s/step):")
     for m in report["measured"]:
-        state = "OOM" if m["oom"] else f"peak {m['peak_gib']:.2f} GiB, {m['s_per_step']:.3f} s/step"
-        print(f"  {m['resolution']} px, checkpointing {'on ' if m['checkpointing'] else 'off'}: {state}")
+        state = "OOM" if m["oom"] else (f"peak {m['peak_gib']:.2f} GiB ({'fits' if m['fits_24gb'] else 'not'} "
+                                         f"24 GB), {m['s_per_step']:.3f} s/step")
+        print(f"  {m['resolution']} px, {m['base']} base ({m['weights_gib']:.2f} GiB), checkpointing "
+              f"{'on ' if m['checkpointing'] else 'off'}: {state}")
     return 0
 
 

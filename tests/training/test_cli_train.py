@@ -71,3 +71,30 @@ def test_bad_options_name_the_field(tiny_model_dir: Path, tmp_path: Path) -> Non
     res = runner.invoke(app, ["train-lora", "run", str(root), "-o", str(tmp_path / "o"), "--min-side", "64",
                               "--model", str(tiny_model_dir), "--config", str(cfg)])
     assert res.exit_code == 2 and "lerning_rate" in res.output
+
+
+def test_run_with_an_fp8_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    root = make_pairs(tmp_path / "ds", 3, size=(128, 128))
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train-lora", "run", str(root), "-o", str(out), "--model", str(tiny_model_dir),
+                              "--min-side", "64", "--rank", "4", "--steps", "2", "--validate-every", "0",
+                              "--validation-pairs", "0", "--cache-dir", str(tmp_path / "cache"),
+                              "--base-precision", "fp8", "--gradient-checkpointing"])
+    assert res.exit_code == 0, res.output
+    assert "base weights stored in fp8" in res.output
+    with safe_open(str(out / "lora.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["kontext_studio"])["config"]["base_precision"] == "fp8"
+    assert {v.dtype for v in load_file(str(out / "lora.safetensors")).values()} == {torch.float32}
+
+
+def test_fp8_without_checkpointing_is_refused_before_loading_the_model(tmp_path: Path) -> None:
+    root = make_pairs(tmp_path / "ds", 2, size=(128, 128))
+    res = runner.invoke(app, ["train-lora", "run", str(root), "-o", str(tmp_path / "o"), "--min-side", "64",
+                              "--model", str(tmp_path / "no-such-model"), "--base-precision", "fp8", "--json"])
+    assert res.exit_code == 2, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error["message"].startswith("base_precision must be") and "gradient_checkpointing" in error["message"]

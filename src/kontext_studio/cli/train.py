@@ -85,12 +85,19 @@ def run(
     = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 1,
-    resolution: Annotated[int | None, typer.Option(help="Training size: 512 fits 24 GB; 768, 1024 (default: "
-                                                   "512, or the test model's size).")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Training size: 512, 768, 1024 (default: 512, or the "
+                                                   "test model's size). 512 on 24 GB needs --base-precision fp8 "
+                                                   "and --gradient-checkpointing.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapter, batches, noise and timesteps.")] = 0,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations: less memory, slower.")]
     = False,
     optimizer: Annotated[str, typer.Option(help="adamw or adamw8bit (bitsandbytes, CUDA).")] = "adamw",
+    base_precision: Annotated[str, typer.Option(help="How the frozen transformer is stored: model (as loaded, "
+                                                "bf16 on CUDA) or fp8 (block weights in float8, upcast per "
+                                                "layer; needs --gradient-checkpointing). fp8 is what brings "
+                                                "512 px rank 16 under 24 GB: an estimate until measured, see "
+                                                "docs/training.md. The adapter is float32 either way.")]
+    = "model",
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 250,
     validate_every: Annotated[int, typer.Option(help="Validation edits every N steps (0: never).")] = 250,
     validation_pairs: Annotated[int, typer.Option(help="Pairs held back for validation.")] = 2,
@@ -143,16 +150,19 @@ def run(
     else:
         cfg = TrainConfig(steps=steps, rank=rank, alpha=alpha, learning_rate=lr, batch_size=batch_size,
                           resolution=resolution or 512, seed=seed, gradient_checkpointing=gradient_checkpointing,
-                          optimizer=optimizer, checkpoint_every=checkpoint_every, validate_every=validate_every,
+                          optimizer=optimizer, base_precision=base_precision, checkpoint_every=checkpoint_every,
+                          validate_every=validate_every,
                           validation_pairs=validation_pairs, validation_steps=validation_steps,
                           default_instruction=instruction)
         if t := _parse_targets(targets):
             cfg.target_modules = t
+    cfg.validate()  # a bad option is reported before minutes of loading weights
     quiet_third_party_logs()
     err.print(f"loading {model or settings.model}")
     pipe, described, model_resolution = load_pipeline(model or settings.model, base or settings.base_model,
                                                       device=device, token=settings.hf_token,
-                                                      allow_download=settings.allow_download)
+                                                      allow_download=settings.allow_download,
+                                                      base_precision=cfg.base_precision)
     if resolution is None and config is None and model_resolution < cfg.resolution:
         cfg.resolution = model_resolution  # the tiny test model works at 128 px
     cfg.validate()

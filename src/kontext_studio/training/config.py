@@ -18,6 +18,7 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("auto", "bf16", "fp32")
+BASE_PRECISIONS = ("model", "fp8")
 
 
 @dataclass
@@ -31,7 +32,8 @@ class TrainConfig:
         learning_rate, weight_decay, warmup_steps, max_grad_norm: AdamW and its schedule (constant after
             a linear warm-up).
         batch_size: pairs per step (always from one bucket).
-        resolution: training size (side of the square bucket): 512 fits 24 GB, 768/1024 need more.
+        resolution: training size (side of the square bucket): 512 fits 24 GB with ``base_precision`` fp8
+            and gradient checkpointing (estimated), 768/1024 need more.
         seed: seeds the adapter's initialisation, the batch order, the noise and the timesteps; a resumed
             run continues the exact same sequence.
         guidance: the guidance-embedding value fed during training (FLUX [dev] is guidance-distilled).
@@ -40,6 +42,11 @@ class TrainConfig:
         gradient_checkpointing: recompute block activations in the backward pass (less memory, ~30 % slower).
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, CUDA only).
         precision: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``bf16`` or ``fp32``.
+        base_precision: how the frozen base transformer is stored: ``model`` (as loaded, bf16 on CUDA) or
+            ``fp8`` (its block Linear weights in float8, upcast one layer at a time for compute; norms,
+            embedders and the LoRA keep their precision). ``fp8`` needs ``gradient_checkpointing``; it is
+            what brings 512 px rank-16 training of the full model under 24 GB (an estimate until
+            measured, see docs/training.md). The saved adapter is float32 either way.
         checkpoint_every, validate_every: every N steps (0: never; a final checkpoint is always written).
         validation_pairs: pairs held back from training for validation edits.
         validation_steps: denoising steps of a validation edit.
@@ -64,6 +71,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     optimizer: str = "adamw"
     precision: str = "auto"
+    base_precision: str = "model"
     checkpoint_every: int = 250
     validate_every: int = 250
     validation_pairs: int = 2
@@ -100,6 +108,11 @@ class TrainConfig:
         need(self.timestep_sampling in TIMESTEP_SAMPLING, "timestep_sampling", f"one of {TIMESTEP_SAMPLING}")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
         need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(self.base_precision in BASE_PRECISIONS, "base_precision", f"one of {BASE_PRECISIONS}")
+        # Autograd keeps each layer's upcast weight for the backward pass: without recomputation every
+        # layer's full-precision copy is alive at the peak, which costs more than a bf16 base.
+        need(self.base_precision != "fp8" or self.gradient_checkpointing, "base_precision",
+             "'model' unless gradient_checkpointing is on (fp8 storage saves memory only with it)")
         need(self.checkpoint_every >= 0, "checkpoint_every", "0 (only at the end) or more")
         need(self.validate_every >= 0, "validate_every", "0 (never) or more")
         need(self.validation_pairs >= 0, "validation_pairs", "0 or more")

@@ -3,8 +3,15 @@
 Measured figures need a GPU (``benchmarks/train_memory.py``); this estimate gives the same breakdown
 anywhere. The terms:
 
-- base weights: every transformer parameter at the base dtype (bf16 2 bytes, 8-bit 1 byte); the VAE and
-  text encoders are not resident while training because latents and embeddings come from the cache;
+- base weights: every transformer parameter in bf16 (2 bytes). With ``base_precision="fp8"`` the
+  parameters that the trainer's layerwise casting stores in float8 count 1 byte and the rest (norms and
+  AdaLN modulation, embedders, the final projection) stay at 2: the split is taken by applying that very
+  casting to the meta-device model (``base_precision.fp8_layout``), about 72 % of the parameters. The VAE
+  and text encoders are not resident while training because latents and embeddings come from the cache;
+- with fp8 storage, the upcast copies: autograd keeps the bf16 copy of each float8 weight it needs for
+  the backward pass. With gradient checkpointing (which fp8 storage requires) only the block being
+  recomputed holds them, so the largest block's float8 parameters count another 2 bytes each; without it
+  every float8 parameter does, and fp8 storage costs more than a bf16 base;
 - the LoRA itself: float32 weights, float32 gradients and the optimiser's two moments (AdamW float32, the
   8-bit AdamW 1 byte each);
 - activations kept for the backward pass: per block about ``ACTIVATION_WIDTHS`` hidden-size-wide bf16
@@ -16,6 +23,7 @@ anywhere. The terms:
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,11 +47,13 @@ class MemoryEstimate:
     resolution: int
     rank: int
     gradient_checkpointing: bool
-    base_dtype_bytes: int
+    base_precision: str
     tokens: int
     base_params: int
+    base_fp8_params: int
     lora_params: int
     base_weights: int
+    upcast_weights: int
     lora_weights_and_grads: int
     optimizer_states: int
     activations: int
@@ -51,14 +61,15 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return (self.base_weights + self.lora_weights_and_grads + self.optimizer_states + self.activations
-                + self.workspace)
+        return (self.base_weights + self.upcast_weights + self.lora_weights_and_grads + self.optimizer_states
+                + self.activations + self.workspace)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["total"] = self.total
         d |= {f"{k}_gib": round(v / GiB, 2) for k, v in d.items() if k in (
-            "base_weights", "lora_weights_and_grads", "optimizer_states", "activations", "workspace", "total")}
+            "base_weights", "upcast_weights", "lora_weights_and_grads", "optimizer_states", "activations",
+            "workspace", "total")}
         return d
 
 
@@ -93,34 +104,56 @@ def build_meta_transformer(config: dict[str, Any] | None = None) -> Any:
 
 
 def estimate(transformer: Any, resolution: int, rank: int, target_modules: list[str], *,
-             gradient_checkpointing: bool, base_dtype_bytes: int = 2, optimizer_state_bytes: int = 4,
+             gradient_checkpointing: bool, base_precision: str = "bf16", optimizer_state_bytes: int = 4,
              batch_size: int = 1) -> MemoryEstimate:
     """Estimate the peak memory of one training step.
 
     Args:
-        transformer: the transformer (meta device is enough).
+        transformer: the transformer (meta device is enough; it is not modified).
         resolution: square training size in pixels (target and source both at this size).
         rank: LoRA rank.
         target_modules: adapted module suffixes.
         gradient_checkpointing: whether block activations are recomputed.
-        base_dtype_bytes: 2 for bf16 base weights, 1 for an 8-bit base.
+        base_precision: ``bf16`` (a run's ``model`` precision on CUDA) or ``fp8`` (``base_precision="fp8"``).
         optimizer_state_bytes: 4 for AdamW, 1 for 8-bit AdamW.
         batch_size: pairs per step.
 
     Returns:
         The breakdown.
+
+    Raises:
+        ValueError: an unknown ``base_precision``.
     """
+    if base_precision not in ("bf16", "fp8"):
+        raise ValueError(f"base_precision must be bf16 or fp8; got {base_precision!r}")
     cfg = transformer.config
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
     blocks = cfg.num_layers + cfg.num_single_layers
     image_tokens = (resolution // 16) ** 2
     tokens = batch_size * (2 * image_tokens + TEXT_TOKENS)  # target + source + text
     base, lora = count_parameters(transformer, rank, target_modules)
+    fp8, largest_block = _fp8_layout(transformer) if base_precision == "fp8" else (0, 0)
     per_block = tokens * hidden * 2 * ACTIVATION_WIDTHS
     # With checkpointing: every block's input, plus one block's activations while it is recomputed.
     activations = blocks * tokens * hidden * 2 + per_block if gradient_checkpointing else blocks * per_block
     return MemoryEstimate(
         resolution=resolution, rank=rank, gradient_checkpointing=gradient_checkpointing,
-        base_dtype_bytes=base_dtype_bytes, tokens=tokens, base_params=base, lora_params=lora,
-        base_weights=base * base_dtype_bytes, lora_weights_and_grads=lora * 8,
+        base_precision=base_precision, tokens=tokens, base_params=base, base_fp8_params=fp8, lora_params=lora,
+        base_weights=fp8 + (base - fp8) * 2,
+        # Without checkpointing autograd keeps every layer's upcast copy until the backward pass, which is
+        # why the trainer refuses fp8 storage without it; the row still shows what it would cost.
+        upcast_weights=(largest_block if gradient_checkpointing else fp8) * 2, lora_weights_and_grads=lora * 8,
         optimizer_states=lora * 2 * optimizer_state_bytes, activations=activations, workspace=WORKSPACE)
+
+
+_LAYOUTS: dict[str, tuple[int, int]] = {}
+
+
+def _fp8_layout(transformer: Any) -> tuple[int, int]:
+    """``base_precision.fp8_layout``, remembered per model config (a plan asks for it once per row)."""
+    from kontext_studio.training.base_precision import fp8_layout
+
+    key = json.dumps(dict(transformer.config), sort_keys=True, default=str)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = fp8_layout(transformer)
+    return _LAYOUTS[key]

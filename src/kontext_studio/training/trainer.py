@@ -187,7 +187,10 @@ class LoraTrainer:
         self.should_stop = should_stop or (lambda: False)
         self.export_kohya = export_kohya
         self.transformer = pipe.transformer
-        self.device = self.transformer.device
+        # Where the transformer trains: diffusers' pipeline device prefers the accelerator, so a pipeline
+        # loaded for fp8 storage (transformer still on the CPU, see load_pipeline) trains on the GPU.
+        pipe_device = getattr(pipe, "device", None)
+        self.device = torch.device(pipe_device) if pipe_device is not None else self.transformer.device
         use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.losses: list[float] = []
@@ -198,8 +201,16 @@ class LoraTrainer:
     def _add_adapter(self) -> list[torch.nn.Parameter]:
         from peft import LoraConfig
 
+        from kontext_studio.training.base_precision import layerwise_casting_active, store_base_in_fp8
+
         cfg = self.config
         t = self.transformer
+        if layerwise_casting_active(t):
+            # The casting cannot be undone, and peft would create a new adapter in the base layer's
+            # float8 dtype (rounding its initialisation): a run needs a freshly loaded transformer.
+            raise TrainingError("this transformer already stores its base weights in fp8 (an earlier run); "
+                                "load the pipeline again for a new run")
+        compute_dtype = t.dtype
         if ADAPTER in getattr(t, "peft_config", {}):
             t.delete_adapters(ADAPTER)
         t.requires_grad_(False)
@@ -215,9 +226,37 @@ class LoraTrainer:
         for p in params:
             p.data = p.data.float()  # trainable weights stay in float32 even when the base runs in bf16
             p.requires_grad_(True)
+        if cfg.base_precision == "fp8":
+            # After the adapter exists and is float32: the hooks skip it by name, and diffusers then stops
+            # peft from casting activations to the (float8) base dtype on their way into the adapter.
+            try:
+                stored = store_base_in_fp8(t, compute_dtype)
+            except ValueError as exc:
+                raise TrainingError(f"base_precision fp8: {exc}") from None
+            self.on_event(f"base weights stored in fp8: {stored:,} parameters, upcast to "
+                          f"{str(compute_dtype).removeprefix('torch.')} per layer")
+        if t.device != self.device:
+            self._move_transformer(t)
+            params = [p for n, p in t.named_parameters() if "lora_" in n and ADAPTER in n]
         if cfg.gradient_checkpointing:
             t.enable_gradient_checkpointing()
         return params
+
+    def _move_transformer(self, t: Any) -> None:
+        """Bring the (now float8) transformer to the training device, making room for it first.
+
+        The text encoders are done once the cache holds every instruction's embeddings (validation
+        edits reuse them), and T5-XXL alone is about 9 GB: they go back to the CPU before the
+        transformer arrives, so the two are never resident together.
+        """
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self.pipe, name, None)
+            if isinstance(encoder, torch.nn.Module) and encoder.device == self.device:
+                encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        t.to(self.device)  # float8 parameters keep their dtype; the casting hooks move with the modules
+        self.on_event(f"transformer moved to {self.device}")
 
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         cfg = self.config
@@ -571,7 +610,8 @@ def _identity(target: Image.Image, output: Image.Image) -> dict[str, Any]:
 
 
 def load_pipeline(model: str | None, base: str | None = None, device: str = "auto", dtype: str = "auto",
-                  token: str | None = None, allow_download: bool = False) -> tuple[Any, str, int]:
+                  token: str | None = None, allow_download: bool = False,
+                  base_precision: str = "model") -> tuple[Any, str, int]:
     """Load a Kontext pipeline for training.
 
     Args:
@@ -579,6 +619,10 @@ def load_pipeline(model: str | None, base: str | None = None, device: str = "aut
         base: for a single file, where the other parts come from.
         device, dtype: ``auto`` or explicit.
         token, allow_download: for the hub.
+        base_precision: the run's ``TrainConfig.base_precision``. With ``fp8`` on an accelerator the
+            transformer stays on the CPU (in ``dtype``) and only the VAE and text encoders go to the
+            device: the trainer stores it in float8 before moving it, so its 22 GiB bf16 copy never has
+            to fit on the card, and the text encoders leave the card before it arrives.
 
     Returns:
         (pipeline on its device, the model's description for the recipe, its working resolution).
@@ -607,7 +651,11 @@ def load_pipeline(model: str | None, base: str | None = None, device: str = "aut
         pipe = FluxKontextPipeline.from_pretrained(base_status.path, transformer=transformer, dtype=torch_dtype)
     else:
         pipe = FluxKontextPipeline.from_pretrained(status.path, dtype=torch_dtype)
-    pipe.to(dev)
+    if base_precision == "fp8" and torch.device(dev).type != "cpu":
+        for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            part.to(dev)
+    else:
+        pipe.to(dev)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     pipe.text_encoder_2.requires_grad_(False)
