@@ -29,7 +29,9 @@ from kontext_studio.service.training.loras import lora_key
 from kontext_studio.service.training.runs_sql import TrainingStore
 
 log = logging.getLogger(__name__)
-PipelineFactory = Callable[[], tuple[Any, str]]  # () -> (FluxKontextPipeline, description for the recipe)
+# (base_precision) -> (FluxKontextPipeline, description for the recipe); fp8 runs load the transformer so that its
+# full-precision copy never sits on the GPU.
+PipelineFactory = Callable[[str], tuple[Any, str]]
 PROGRESS_EVERY = 0.5
 CANCEL_EVERY = 0.25
 
@@ -40,7 +42,7 @@ def pipeline_factory_for(editor: Any) -> PipelineFactory:
     Raises (when called):
         KontextError: this server has no local diffusers backend (e.g. the fake backend).
     """
-    def make() -> tuple[Any, str]:
+    def make(base_precision: str = "model") -> tuple[Any, str]:
         from kontext_studio.core.registry import get_tier
         from kontext_studio.training.trainer import TrainingError, load_pipeline
 
@@ -52,7 +54,8 @@ def pipeline_factory_for(editor: Any) -> PipelineFactory:
         pipe, described, _res = load_pipeline(source.location, source.base,
                                               device=getattr(backend, "_device_pref", "auto"),
                                               token=getattr(backend, "token", None),
-                                              allow_download=bool(getattr(backend, "allow_download", False)))
+                                              allow_download=bool(getattr(backend, "allow_download", False)),
+                                              base_precision=base_precision)
         return pipe, described
 
     return make
@@ -135,7 +138,7 @@ class TrainingRunner:
         if not report.usable:
             raise TrainingError("the dataset has no usable pairs:\n" + report.summary())
         resume = folder / "out" if (folder / "out" / "checkpoints").is_dir() else None
-        pipe, described = self.pipeline_factory()
+        pipe, described = self.pipeline_factory(config.base_precision)
         last = {"progress": 0.0, "cancel": 0.0}
         stored_sheets: set[str] = set()
         trainer: LoraTrainer | None = None
