@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.images import load_reference
 from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditRequest, Reference
 from kontext_studio.service.security.uploads import sniff_image
@@ -23,7 +24,7 @@ from kontext_studio.service.training.loras import lora_specs
 IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format", "safety_tolerance",
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
-                "identity_guard", "candidates", "pixel_lock", "loras"}
+                "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras"}
 FILE_PREFIX = "file:"
 MAX_IMAGE_BYTES = 20 * 2**20
 
@@ -91,6 +92,9 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         raise InvalidRequest("input_image: the reference image is required", field="input_image")
     body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url)
                       for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
+    if body.get("lock_mask"):
+        body["lock_mask"] = _decode_image(body["lock_mask"], "lock_mask", storage, owns_file, fetch_url)
+        _check_mask_size(body["lock_mask"], body["images"][0], storage)
     lora_specs(body.get("loras"), storage, check_only=True, owns=owns_file)  # another user's LoRA is unknown
     to_request(body, tier, storage, check_only=True).validate()
     return body
@@ -113,11 +117,31 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
             strategy=str(body.get("strategy") or "stitch"), geometry=str(body.get("geometry") or "lock"),
             identity_guard=_float(body, "identity_guard"), candidates=_int(body, "candidates") or 1,
             pixel_lock=str(body.get("pixel_lock") or "auto"),
+            lock_mask=_mask(body.get("lock_mask"), storage, check_only),
             loras=lora_specs(body.get("loras"), storage, check_only),
             safety_tolerance=_int(body, "safety_tolerance"), prompt_upsampling=_bool(body, "prompt_upsampling"),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"input: {exc}", field="input") from None
+
+
+def _check_mask_size(mask_key: str, first_key: str, storage: Storage) -> None:
+    """Refuse a mask the engine would refuse, at submit: a failed job would have held credits first."""
+    # Loaded the way the engine loads them (EXIF orientation applied), so both sides agree on the size.
+    mask = load_reference(Reference(storage.get(mask_key)), 0).size
+    first = load_reference(Reference(storage.get(first_key)), 0).size
+    if mask != first:
+        raise InvalidRequest(
+            f"lock_mask is {mask[0]}×{mask[1]} but input_image is {first[0]}×{first[1]}; paint the mask on the "
+            "first reference at its own size (white = the area to edit, black = keep)", field="lock_mask")
+
+
+def _mask(key: Any, storage: Storage, check_only: bool) -> str | bytes | None:
+    if not key:
+        return None
+    if not isinstance(key, str):
+        raise InvalidRequest("lock_mask: give a data URL, base64 image or an uploaded file id", field="lock_mask")
+    return key if check_only else storage.get(key)
 
 
 def _int(body: dict[str, Any], key: str) -> int | None:

@@ -69,6 +69,7 @@ function refsChanged() {
 }
 
 function renderRefs() {
+  maskSync();
   const list = $("#refs");
   if (!list) return;
   const roles = list.dataset.roles.split(",");
@@ -199,6 +200,173 @@ function refsInput() {
   return input;
 }
 
+// ---- pixel-lock mask: painted over the first reference ----------------------------------------------
+// Strokes are kept in coordinates relative to the picture (0–1) so the same strokes draw the on-screen
+// overlay at display size and the exported mask at the reference's natural size.
+const mask = {strokes: [], refFile: null, natural: null, current: null};
+const MASK_TINT = "#e0116f";
+
+function maskActive() { return $("#pixel_lock") && $("#pixel_lock").value === "mask"; }
+
+function maskPainted() { return mask.strokes.some((s) => !s.erase); }
+
+function maskSync() {
+  const editor = $("#mask-editor");
+  if (!editor) return;
+  editor.hidden = !maskActive();
+  if (editor.hidden) return;
+  const first = refs[0];
+  if (!first) {
+    mask.refFile = null;
+    mask.natural = null;
+    mask.strokes = [];
+    $("#mask-image").removeAttribute("src");
+    maskStatus("Add a reference photo first: the mask is painted on the first one.");
+    maskRedraw();
+    return;
+  }
+  if (first.file === mask.refFile) return;
+  // Another first reference: the old strokes describe another picture.
+  mask.refFile = first.file;
+  mask.natural = null;
+  mask.strokes = [];
+  maskStatus("Loading the first reference…");
+  const img = $("#mask-image");
+  img.alt = "";
+  img.onload = () => {
+    if (mask.refFile !== first.file) return;
+    mask.natural = [img.naturalWidth, img.naturalHeight];
+    img.width = img.naturalWidth;
+    img.height = img.naturalHeight;
+    $("#mask-stage").style.aspectRatio = `${img.naturalWidth} / ${img.naturalHeight}`;
+    maskResize();
+    maskStatus("Nothing painted yet.");
+  };
+  img.onerror = () => { if (mask.refFile === first.file) maskStatus("The first reference could not be shown."); };
+  img.src = first.url;
+}
+
+function maskStatus(text) { $("#mask-status").textContent = text; }
+
+function maskDescribe() {
+  if (!mask.natural) return;
+  const n = mask.strokes.filter((s) => !s.erase).length;
+  maskStatus(maskPainted()
+    ? `${n} stroke${n === 1 ? "" : "s"} painted; the mask is sent at ${mask.natural[0]}×${mask.natural[1]}.`
+    : "Nothing painted yet.");
+}
+
+function maskResize() {
+  const canvas = $("#mask-canvas");
+  if (!canvas) return;
+  const rect = canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round(rect.width * dpr));
+  canvas.height = Math.max(1, Math.round(rect.height * dpr));
+  maskRedraw();
+}
+
+// Draw every stroke onto ctx (w×h): paint in `paint`, erase as `erase` (null: cut through to transparent).
+function drawStrokes(ctx, w, h, paint, erase) {
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  for (const s of mask.strokes) {
+    ctx.globalCompositeOperation = s.erase && erase === null ? "destination-out" : "source-over";
+    const colour = s.erase ? (erase || "#000") : paint;
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour;
+    if (s.all) { ctx.fillRect(0, 0, w, h); continue; }
+    ctx.lineWidth = s.size * w;
+    ctx.beginPath();
+    const [x0, y0] = s.points[0];
+    ctx.moveTo(x0 * w, y0 * h);
+    for (const [x, y] of s.points.slice(1)) ctx.lineTo(x * w, y * h);
+    if (s.points.length === 1) ctx.lineTo(x0 * w + 0.01, y0 * h);  // a tap paints a dot
+    ctx.stroke();
+  }
+  ctx.globalCompositeOperation = "source-over";
+}
+
+function maskRedraw() {
+  const canvas = $("#mask-canvas");
+  if (!canvas) return;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.globalAlpha = 1;
+  drawStrokes(ctx, canvas.width, canvas.height, MASK_TINT, null);
+}
+
+// The mask the API takes: the first reference's natural size, white = the area to edit, black = keep.
+function maskDataUrl() {
+  if (!mask.natural || !maskPainted()) return null;
+  const [w, h] = mask.natural;
+  const out = document.createElement("canvas");
+  out.width = w;
+  out.height = h;
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, w, h);
+  drawStrokes(ctx, w, h, "#fff", "#000");
+  return out.toDataURL("image/png");
+}
+
+function setupMask() {
+  const canvas = $("#mask-canvas");
+  if (!canvas) return;
+  const brush = $("#mask-brush");
+  const showBrush = () => { $("#mask-brush-value").textContent = `${brush.value} %`; };
+  brush.addEventListener("input", showBrush);
+  showBrush();
+  const at = (e) => {
+    const r = canvas.getBoundingClientRect();
+    return [Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)),
+            Math.min(1, Math.max(0, (e.clientY - r.top) / r.height))];
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!mask.natural || e.button > 0) return;
+    e.preventDefault();
+    canvas.setPointerCapture(e.pointerId);
+    mask.current = {points: [at(e)], size: Number(brush.value) / 100, erase: $("#mask-erase").checked};
+    mask.strokes.push(mask.current);
+    maskRedraw();
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!mask.current) return;
+    mask.current.points.push(at(e));
+    maskRedraw();
+  });
+  const end = () => {
+    if (!mask.current) return;
+    mask.current = null;
+    maskDescribe();
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+  $("#mask-clear").addEventListener("click", () => { mask.strokes = []; maskRedraw(); maskDescribe(); });
+  // The keyboard way to a valid mask (and a start for erasing what should stay).
+  $("#mask-all").addEventListener("click", () => {
+    if (!mask.natural) return;
+    mask.strokes = [{all: true}];
+    maskRedraw();
+    maskDescribe();
+  });
+  $("#pixel_lock").addEventListener("change", () => {
+    maskSync();
+    if (maskActive()) maskResize();
+  });
+  if (window.ResizeObserver) new ResizeObserver(() => maskResize()).observe($("#mask-stage"));
+}
+
+function lockText(result, recipe) {
+  const mode = recipe.pixel_lock;
+  if (mode === "off") return "Pixel lock: off.";
+  const label = mode === "mask" ? "your painted mask" : "auto";
+  const lock = result.pixel_lock;
+  if (!lock) return `Pixel lock: ${label}.`;
+  return lock.applied ? `Pixel lock: ${label}; original pixels kept outside the edited area.`
+    : `Pixel lock: ${label}; not applied: ${lock.reason}.`;
+}
+
 // ---- the studio form --------------------------------------------------------------------------------
 const studio = {current: null, stream: null, queueTimer: null, parent: null, session: null, turn: null,
                 beforeUrl: null, lastInput: null};
@@ -232,7 +400,12 @@ function collectInput() {
   const guidance = num("guidance");
   if (guidance !== undefined) input.guidance = guidance;
   if ($("#strategy").value !== "stitch") input.strategy = $("#strategy").value;
-  if ($("#pixel_lock").value !== "auto") input.pixel_lock = $("#pixel_lock").value;
+  if (maskActive()) {
+    const painted = maskDataUrl();
+    if (painted) input.lock_mask = painted;
+  } else if ($("#pixel_lock").value !== "auto") {
+    input.pixel_lock = $("#pixel_lock").value;
+  }
   const guard = num("identity_guard");
   if (guard !== undefined) input.identity_guard = guard;
   const cands = num("candidates");
@@ -246,6 +419,9 @@ function collectInput() {
 function formProblem(input) {
   if (!refs.length) return "Add at least one reference photo first.";
   if (!input.prompt) return "Type what should change in the instruction box.";
+  if (maskActive() && !input.lock_mask) {
+    return "Paint the area to change on the first reference (Advanced → Pixel lock), or choose Auto.";
+  }
   if (($('input[name="seed_mode"]:checked') || {}).value === "fixed" && input.seed === undefined) {
     return "Type a seed number, or choose Random.";
   }
@@ -362,6 +538,7 @@ function showResult(pred) {
     badge.textContent = `identity ${sim.toFixed(2)}`;
     badge.className = `badge ${result.identity.passed === false ? "warn" : "good"}`;
   }
+  $("#lock-info").textContent = lockText(result, recipe);
   $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model}`;
   const warnings = $("#warnings");
   warnings.replaceChildren();
@@ -484,7 +661,9 @@ async function reuseSettings(predictionId) {
     $("#steps").value = input.num_inference_steps ?? "";
     $("#guidance").value = input.guidance ?? "";
     $("#strategy").value = input.strategy || "stitch";
+    // A painted mask is not carried over (the picture may differ): its edit re-runs with the auto lock.
     $("#pixel_lock").value = input.pixel_lock || "auto";
+    maskSync();
     $("#identity_guard").value = input.identity_guard ?? "";
     $("#candidates").value = input.candidates ?? "";
     $("#loras").value = (input.loras || []).map((l) => (typeof l === "string" ? l : `${l.id}:${l.weight ?? 1}`))
@@ -673,6 +852,7 @@ function setupAccount() {
 document.addEventListener("DOMContentLoaded", () => {
   setupDropzone();
   setupStudio();
+  setupMask();
   setupSeries();
   setupAccount();
 });
