@@ -131,6 +131,19 @@ def test_an_uploaded_file_belongs_to_its_uploader(app: Any, accounts: SqlAccount
     assert pid.status_code == 201
 
 
+def test_a_recipe_of_an_inline_image_submits_again_for_its_owner_only(app: Any, accounts: SqlAccounts) -> None:
+    alice, _ = user_client(app, accounts)
+    bob, _ = user_client(app, accounts)
+    pid = alice.post("/v1/predictions", {"input": {"prompt": "x", "input_image": data_url(png()),
+                                                   "num_inference_steps": 1}}).json()["id"]
+    assert alice.wait(pid)["status"] == "succeeded"
+    recipe = alice.get(f"/v1/predictions/{pid}/recipe").json()["input"]
+    assert recipe["input_image"].startswith("file:uploads/")
+    again = alice.post("/v1/predictions", {"input": recipe})  # reuse settings, same prompt new seed, promote
+    assert again.status_code == 201, again.text
+    assert bob.post("/v1/predictions", {"input": recipe}).status_code == 422
+
+
 def test_single_user_mode_and_refusal_on_public_address(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     first = prepare(settings, "127.0.0.1")

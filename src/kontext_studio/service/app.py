@@ -279,8 +279,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         if body.webhook:  # refused up front, not at delivery time
             resolve_checked(body.webhook, allow_http=allow_http_webhooks, policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
+        def remember(key: str, kind: str, size: int) -> None:  # inline images become the submitter's files
+            files.record(user.id, key, key.split("/")[1].split(".")[0], MEDIA_TYPES[kind], size)
+
         normalized = normalize_input(body.input, tier, storage, owns_file=lambda key: files.owns(user.id, key),
-                                     fetch_url=image_urls)
+                                     fetch_url=image_urls, on_stored=remember)
         price = 0 if free else spec.price_credits
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,

@@ -30,7 +30,8 @@ MAX_IMAGE_BYTES = 20 * 2**20
 
 
 def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[[str], bool] | None = None,
-                  fetch_url: Callable[[str, str], bytes] | None = None) -> str:
+                  fetch_url: Callable[[str, str], bytes] | None = None,
+                  on_stored: Callable[[str, str, int], None] | None = None) -> str:
     """A stored reference key for a data URL / base64 string / uploaded file reference / image URL."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
@@ -58,11 +59,14 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
     key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
     if not storage.exists(key):
         storage.put(key, data)
+    if on_stored is not None:
+        on_stored(key, kind, len(data))
     return key
 
 
 def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[str], bool] | None = None,
-                    fetch_url: Callable[[str, str], bytes] | None = None) -> dict[str, Any]:
+                    fetch_url: Callable[[str, str], bytes] | None = None,
+                    on_stored: Callable[[str, str, int], None] | None = None) -> dict[str, Any]:
     """Check an input object and replace its images with stored keys.
 
     Args:
@@ -72,6 +76,8 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         owns_file: whether the submitting user uploaded the file under a key (``None``: any stored upload
             is accepted, for trusted callers such as the CLI and tests).
         fetch_url: fetches an image URL (``security.remote_images.ImageFetcher``); ``None``: URLs are refused.
+        on_stored: told ``(key, kind, size)`` of each image that arrived inline or by URL, so the service can
+            record it as the submitter's file (a recipe's ``file:`` ids then work for them in a later submit).
 
     Returns:
         The input with images replaced by storage keys, ready to store with the job.
@@ -90,10 +96,10 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
     images = [raw.get(f) for f in IMAGE_FIELDS]
     if not images[0]:
         raise InvalidRequest("input_image: the reference image is required", field="input_image")
-    body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url)
+    body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url, on_stored)
                       for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
     if body.get("lock_mask"):
-        body["lock_mask"] = _decode_image(body["lock_mask"], "lock_mask", storage, owns_file, fetch_url)
+        body["lock_mask"] = _decode_image(body["lock_mask"], "lock_mask", storage, owns_file, fetch_url, on_stored)
         _check_mask_size(body["lock_mask"], body["images"][0], storage)
     lora_specs(body.get("loras"), storage, check_only=True, owns=owns_file)  # another user's LoRA is unknown
     to_request(body, tier, storage, check_only=True).validate()
