@@ -23,8 +23,7 @@ from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.lora import read_lora
 from kontext_studio.training.base_precision import FP8, parameter_bytes
 from kontext_studio.training.config import TrainConfig
-from kontext_studio.training.dataset import DatasetReport, check_dataset
-from kontext_studio.training.synthetic import make_pairs
+from kontext_studio.training.dataset import DatasetReport
 from kontext_studio.training.trainer import ADAPTER, LoraTrainer, StepInfo, TrainingError, load_pipeline
 
 STEPS = 100
@@ -37,12 +36,6 @@ def _config(**kw: Any) -> TrainConfig:
                             "checkpoint_every": 0, "max_sequence_length": 32, "gradient_checkpointing": True,
                             "base_precision": "fp8"}
     return TrainConfig(**(base | kw))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetReport:
-    root = make_pairs(tmp_path_factory.mktemp("pairs") / "invert", 10, rule="invert", size=(128, 128))
-    return check_dataset(root, min_side=64)
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,6 @@ def _config(**kw: Any) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetReport:
-    root = make_pairs(tmp_path_factory.mktemp("pairs") / "invert", 10, rule="invert", size=(128, 128))
-    return check_dataset(root, min_side=64)
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, dataset: DatasetReport, tmp_path_factory: pytest.TempPathFactory) -> Any:
     pipe, described, _res = load_pipeline(str(tiny_model_dir))
     out = tmp_path_factory.mktemp("run")
