@@ -167,21 +167,28 @@ def test_predictions_refuse_an_unknown_lora(app_by_hand: Any, accounts: SqlAccou
 
 
 def test_a_run_interrupted_by_a_server_stop_resumes_where_it_stopped(app_by_hand: Any, accounts: SqlAccounts,
-                                                                    tmp_path: Path) -> None:
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = user_client(app_by_hand, accounts)
     data = zip_folder(make_pairs(tmp_path / "ds", 3, size=(128, 128)))
     run = submit(client, data, CONFIG | {"steps": 40, "validate_every": 0}).json()
     runner = app_by_hand.state.training_runner
+    report_progress = runner.store.progress
+
+    def progress_then_stop(run_id: str, **values: Any) -> None:
+        # Stop as soon as the run has reported progress, whatever the machine's speed (the tiny model can
+        # finish 40 steps between two polls on a fast machine).
+        report_progress(run_id, **values)
+        runner._stop.set()  # what stopping the server does to a run in progress
+
+    monkeypatch.setattr(runner.store, "progress", progress_then_stop)
     worker = threading.Thread(target=runner.run_once)
     worker.start()
-    end = time.monotonic() + 60
-    while client.get(f"/v1/trainings/{run['id']}").json()["step"] < 3 and time.monotonic() < end:
-        time.sleep(0.05)
-    runner._stop.set()  # what stopping the server does to a run in progress
     worker.join(60)
     stopped = client.get(f"/v1/trainings/{run['id']}").json()
     assert stopped["status"] == "running" and stopped["step"] < 40  # left for the next start
 
+    monkeypatch.setattr(runner.store, "progress", report_progress)
     runner._stop.clear()
     assert runner.store.requeue_interrupted() >= 1  # the next start
     assert runner.run_once()

@@ -132,7 +132,7 @@ def test_api_key_is_shown_once_and_revoked(page: Any, studio: Studio, shot: Call
 
 @pytest.fixture()
 def missing_weights(studio: Studio) -> Iterator[None]:
-    studio.app.state.weights_status = lambda: "black-forest-labs/FLUX.1-Kontext-dev is not in the Hugging Face cache."
+    studio.app.state.weights_status = lambda: "the Kontext [dev] weights are not in the Hugging Face cache."
     yield
     studio.app.state.weights_status = None
 

@@ -36,7 +36,7 @@ from kontext_studio.service.api.problems import (
 )
 from kontext_studio.service.api.studio import search_jobs, studio_api_router
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
-from kontext_studio.service.inputs import normalize_input
+from kontext_studio.service.inputs import normalize_input, upload_key, upload_sha256
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.reaper import Reaper
@@ -121,6 +121,11 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
     sessions = make_session_factory(engine)
     accounts = SqlAccounts(sessions, free=free)
     files = SqlFiles(sessions)
+
+    def own_upload(user_id: int, key: str, kind: str, size: int) -> None:
+        """Record a stored upload as the user's file: only its owner may name it in an input."""
+        files.record(user_id, key, upload_sha256(key), MEDIA_TYPES[kind], size)
+
     worker: InProcessWorker | None = None  # built below, once the job store exists
     signer = UrlSigner(secret)
     limiter = RateLimiter(rate_limit, 60.0)
@@ -279,11 +284,9 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         if body.webhook:  # refused up front, not at delivery time
             resolve_checked(body.webhook, allow_http=allow_http_webhooks, policy=webhook_policy, field="webhook")
         editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
-        def remember(key: str, kind: str, size: int) -> None:  # inline images become the submitter's files
-            files.record(user.id, key, key.split("/")[1].split(".")[0], MEDIA_TYPES[kind], size)
-
         normalized = normalize_input(body.input, tier, storage, owns_file=lambda key: files.owns(user.id, key),
-                                     fetch_url=image_urls, on_stored=remember)
+                                     fetch_url=image_urls,  # inline images become the submitter's files too
+                                     on_stored=lambda key, kind, size: own_upload(user.id, key, kind, size))
         price = 0 if free else spec.price_credits
         new_id, created = jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                       webhook=body.webhook, events=body.webhook_events_filter,
@@ -412,10 +415,9 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         check_content_length(request.headers.get("content-length"), MAX_UPLOAD)
         data = await read_limited(request.stream(), MAX_UPLOAD)  # stops at the cap: 413, nothing stored
         kind = sniff_image(bytes(data))
-        key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
+        key = upload_key(bytes(data), kind)
         storage.put(key, bytes(data))
-        await asyncio.to_thread(files.record, user.id, key, key.split("/")[1].split(".")[0], MEDIA_TYPES[kind],
-                                len(data))
+        await asyncio.to_thread(own_upload, user.id, key, kind, len(data))
         return {"id": f"file:{key}", "content_type": MEDIA_TYPES[kind], "size": len(data),
                 "urls": {"get": file_url(base_of(request), key)}}
 

@@ -26,7 +26,18 @@ KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format"
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
                 "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras"}
 FILE_PREFIX = "file:"
+UPLOADS = "uploads/"
 MAX_IMAGE_BYTES = 20 * 2**20
+
+
+def upload_key(data: bytes, kind: str) -> str:
+    """Where an uploaded image is stored: by content hash, so the same bytes are stored once."""
+    return f"{UPLOADS}{hashlib.sha256(data).hexdigest()}.{kind}"
+
+
+def upload_sha256(key: str) -> str:
+    """The content hash an upload key carries (the inverse of ``upload_key``)."""
+    return key.removeprefix(UPLOADS).split(".", 1)[0]
 
 
 def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[[str], bool] | None = None,
@@ -35,10 +46,10 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
     """A stored reference key for a data URL / base64 string / uploaded file reference / image URL."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
-    if value.startswith(FILE_PREFIX) or value.startswith("uploads/"):
+    if value.startswith(FILE_PREFIX) or value.startswith(UPLOADS):
         key = value.removeprefix(FILE_PREFIX)
         # Another user's file answers exactly like a missing one: ids reveal nothing across accounts.
-        if not key.startswith("uploads/") or not storage.exists(key) or (owns_file is not None
+        if not key.startswith(UPLOADS) or not storage.exists(key) or (owns_file is not None
                                                                           and not owns_file(key)):
             raise InvalidRequest(f"{field}: no uploaded file {value!r}; upload it with POST /v1/files", field=field)
         return key
@@ -56,7 +67,7 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidRequest(f"{field}: the image is over {MAX_IMAGE_BYTES // 2**20} MB", field=field)
     kind = sniff_image(data)
-    key = f"uploads/{hashlib.sha256(data).hexdigest()}.{kind}"
+    key = upload_key(data, kind)
     if not storage.exists(key):
         storage.put(key, data)
     if on_stored is not None:
