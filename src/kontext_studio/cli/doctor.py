@@ -47,6 +47,9 @@ def diagnose(settings: Settings) -> dict[str, Any]:
         mode, reason = choose_memory_mode(free, int(sum(REAL_MODEL_BYTES.values())),
                                           int(REAL_MODEL_BYTES["transformer"]), REAL_BLOCK_BYTES)
         report["memory_mode"] = f"{mode.value} ({reason})"
+    from kontext_studio.cli.plan import machine_plan_line
+
+    report["plan"] = machine_plan_line()
     status = locate(model_source(settings), settings.hf_token, download=False)
     report["weights"] = (f"found at {status.path}" + (" (random test weights)" if status.random_weights else "")
                          if status.found else f"missing: {status.message}")

@@ -12,6 +12,7 @@ import typer
 
 from kontext_studio.bootstrap import build_editor, model_source, with_overrides
 from kontext_studio.cli.output import err, handles_errors, out, print_json, progress_bars
+from kontext_studio.cli.plan import plan as plan_command
 from kontext_studio.cli.train import app as train_app
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.recipe import format_for_path, read_recipe
@@ -470,6 +471,7 @@ def worker(hostname: Annotated[str | None, typer.Option(help="Celery worker name
 admin = typer.Typer(help="Users, API keys and credits of the service database.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(train_app, name="train-lora")
+app.command("plan")(plan_command)
 
 
 def _accounts() -> Any:
