@@ -12,7 +12,7 @@ PROMPT ?=
 OUT    ?= out.png
 ARGS   ?=
 
-.PHONY: install install-dev chromium serve edit demo test lint typecheck bench clean
+.PHONY: install install-dev chromium axe serve edit demo test lint typecheck bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,7 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
 	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory axe
 	touch $@
 
 # The web studio's browser tests drive Debian's Chromium through Playwright (never Playwright's own browsers).
@@ -34,6 +35,13 @@ chromium:  ## install the `chromium` package when missing (as root; otherwise pr
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "Chromium is missing; the web studio's browser tests are skipped until you run: sudo apt-get install -y chromium"; fi
+
+# axe-core (npm) measures accessibility inside the browser tests; the tests inject its axe.min.js.
+AXE_DIR ?= build/web-test
+axe:  ## install axe-core for the browser tests (needs npm; otherwise prints the command)
+	@if [ -f $(AXE_DIR)/node_modules/axe-core/axe.min.js ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then npm install --silent --no-audit --no-fund --prefix $(AXE_DIR) axe-core@4.14.1; \
+	else echo "npm is missing; the accessibility checks are skipped until you run: npm install --prefix $(AXE_DIR) axe-core@4.14.1"; fi
 
 install: $(VENV)/.installed  ## the engine and the `kontext` CLI
 
@@ -54,7 +62,7 @@ demo: install  ## a dry run end to end on the tiny random-weight test model (no 
 	$(PY) -c "from PIL import Image; Image.radial_gradient('L').convert('RGB').resize((640,480)).save('.kontext/demo.png')"
 	$(KONTEXT) edit .kontext/demo.png "put it on a beach at sunset" -o .kontext/demo-out.png --model .kontext/tiny-model --steps 4 --seed 7
 
-test: install-dev  ## the whole suite
+test: install-dev axe  ## the whole suite
 	$(VENV)/bin/pytest $(ARGS)
 
 lint: install-dev

@@ -172,3 +172,40 @@ def picture(path: Path, colour: tuple[int, int, int], shape: str = "circle", siz
     img.save(buf, format=fmt)
     path.write_bytes(buf.getvalue())
     return path
+
+
+AXE = Path(os.environ.get("KONTEXT_AXE", Path(__file__).resolve().parents[2] / "build" / "web-test" / "node_modules"
+                          / "axe-core" / "axe.min.js"))
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    """axe-core's browser script (``make axe`` installs it from npm)."""
+    if not AXE.is_file():
+        _unavailable(f"axe-core is not installed at {AXE} (make axe).")
+    return AXE.read_text()
+
+
+def no_overflow(pg: Any) -> None:
+    """Assert nothing on the page scrolls sideways, naming the widest elements when something does."""
+    width = pg.evaluate("innerWidth")
+    wide = pg.evaluate("w => Array.from(document.querySelectorAll('body *')).filter(e => "
+                       "e.getBoundingClientRect().right > w + 1 && getComputedStyle(e).position !== 'fixed')"
+                       ".map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + "
+                       "Math.round(e.getBoundingClientRect().right)).slice(0, 8)", width)
+    assert pg.evaluate("document.documentElement.scrollWidth") <= width, wide
+
+
+def accessible(pg: Any, axe_source: str) -> None:
+    """Run axe-core in the page: no serious or critical violations (each one named with its first target)."""
+    if not pg.evaluate("typeof window.axe !== 'undefined'"):
+        pg.add_script_tag(content=axe_source)
+    found = pg.evaluate("""async () => {
+        const r = await axe.run(document, {resultTypes: ['violations']});
+        return r.violations.filter(v => ['serious', 'critical'].includes(v.impact))
+            .map(v => `${v.id} (${v.impact}): ${v.help} at `
+                 + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '));
+    }""")
+    assert found == [], found

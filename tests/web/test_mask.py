@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ def test_paint_a_mask_and_edit_with_it(page: Any, studio: Studio, tmp_path: Path
     assert abs(box["height"] - box["width"] * 480 / 640) < 2
 
     # Nothing painted: the form says what to do instead of sending a lock with no mask.
-    page.get_by_role("button", name=re.compile("^Edit")).click()
+    page.get_by_test_id("generate").click()
     expect(page.get_by_test_id("form-error")).to_contain_text("Paint the area to change")
 
     # The brush size is a labelled slider, usable from the keyboard.
@@ -61,7 +60,7 @@ def test_paint_a_mask_and_edit_with_it(page: Any, studio: Studio, tmp_path: Path
     expect(status).to_have_text("1 stroke painted; the mask is sent at 640×480.")
 
     with page.expect_response(lambda r: r.url.endswith("/v1/predictions") and r.request.method == "POST") as resp:
-        page.get_by_role("button", name=re.compile("^Edit")).click()
+        page.get_by_test_id("generate").click()
     sent = resp.value.request.post_data_json["input"]
     assert "pixel_lock" not in sent  # the mask is the lock
     assert sent["lock_mask"].startswith("data:image/png;base64,")

@@ -40,21 +40,24 @@ def test_upload_errors_are_shown_in_words(page: Any, studio: Studio, tmp_path: P
     page.evaluate("""bytes => {
         const dt = new DataTransfer();
         dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
-        document.querySelector("#dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
     }""", data)
     expect(page.get_by_test_id("ref")).to_have_count(1)
-    expect(page.get_by_role("img", name="Reference 1: dropped.png")).to_be_visible()
+    expect(page.get_by_role("img", name="Reference 1: dropped.png", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("canvas-image")).to_have_attribute("alt", "Reference 1: dropped.png, shown large")
     page.get_by_role("button", name="Remove reference 1").click()
     expect(page.get_by_test_id("ref")).to_have_count(0)
 
-    # Submitting with nothing filled in says what is missing, before anything reaches the server.
-    page.get_by_role("button", name=re.compile("^Edit")).click()
-    expect(page.get_by_test_id("form-error")).to_have_text("Add at least one reference photo first.")
+    # With no photo Generate is disabled (text-to-image needs a model this server lacks); Ctrl+Enter says why.
+    expect(page.get_by_test_id("generate")).to_have_attribute("aria-disabled", "true")
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_test_id("form-error")).to_contain_text("Add a photo first")
+    expect(page.get_by_test_id("form-error")).to_contain_text("Text-to-image")
     shot(page, "08-upload-errors")
 
-    # Keyboard: from the instruction box, Tab reaches the tier cards (focus ring drawn on the card), arrows
-    # pick a tier and the button's price follows.
-    page.focus("#prompt")
+    # Keyboard: the model cards are a radio group (focus ring drawn on the card), arrows pick a model and the
+    # button's price follows.
+    page.focus('[data-testid="add-photo"]')
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.name + '=' + document.activeElement.value") == "tier=dev"
     assert page.evaluate("getComputedStyle(document.activeElement.closest('label')).outlineStyle") == "solid"
@@ -78,11 +81,11 @@ def test_insufficient_credits_is_refused_before_anything_runs(page: Any, studio:
     page.locator("details.advanced summary").click()
     expect(page.locator("#lora-list")).to_have_text("You have no trained LoRAs yet.")
     page.fill("#loras", "golden-hour:0.8")
-    page.get_by_role("button", name=re.compile("^Edit")).click()
+    page.get_by_test_id("generate").click()
     error = page.get_by_test_id("form-error")
     expect(error).to_contain_text("is not a LoRA id; list yours with GET /v1/loras")
     page.fill("#loras", "")
-    page.get_by_role("button", name=re.compile("^Edit")).click()
+    page.get_by_test_id("generate").click()
     expect(error).to_have_text("Insufficient credits: 5 required, 3 available")
     expect(page.get_by_test_id("job")).to_be_hidden()
     expect(page.locator("#credits-available")).to_have_text("3")

@@ -29,6 +29,8 @@ from kontext_studio.service.api.studio import ROLES, search_jobs
 from kontext_studio.service.db import Job, JobStatus, LedgerEntry
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.web.auth import COOKIE, CsrfRejected, StudioAuth, StudioSession, is_cross_site
+from kontext_studio.web.extras import mount_extras
+from kontext_studio.web.view import EXAMPLES, T2I_REASON, model_card, samples
 
 HERE = Path(__file__).parent
 ASPECTS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21")
@@ -71,6 +73,8 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    mount_extras(app, templates)
+    sample_photos = samples()
     weights_cache: dict[str, Any] = {"at": 0.0, "message": None}
 
     def weights_message(request: Request) -> str | None:
@@ -101,13 +105,10 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         for spec in TIERS.values():
             try:
                 editor.backend_for(spec)
-                configured, missing = True, None
-            except KontextError as exc:
-                configured, missing = False, str(exc)
-            out.append({"name": spec.name, "title": spec.title, "price": 0 if free else spec.price_credits,
-                        "description": spec.description, "trades": spec.trades, "steps": spec.steps,
-                        "guidance": spec.guidance, "max_references": spec.max_references,
-                        "configured": configured, "missing": missing})
+                configured = True
+            except KontextError:
+                configured = False
+            out.append(model_card(spec, configured=configured, free=free))
         return out
 
     def render(request: Request, page: Page, template: str, status_code: int = 200, **context: Any) -> Response:
@@ -143,8 +144,12 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         page = signed_in(request)
         if isinstance(page, Response):
             return page
-        return render(request, page, "studio.html", tiers=tiers(), roles=ROLES,
-                      aspects=[(a, _aspect_shape(a)) for a in ASPECTS], strategies=STRATEGIES)
+        cards = tiers()
+        ready = [c["name"] for c in cards if c["configured"]]
+        default = "dev" if "dev" in ready else (ready[0] if ready else "dev")
+        return render(request, page, "studio.html", tiers=cards, roles=ROLES, default_tier=default,
+                      aspects=[(a, _aspect_shape(a)) for a in ASPECTS], strategies=STRATEGIES,
+                      samples=sample_photos, examples=EXAMPLES, t2i_reason=T2I_REASON)
 
     @app.get("/series", response_class=HTMLResponse, include_in_schema=False)
     def series(request: Request) -> Response:
@@ -228,8 +233,8 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         user = accounts.authenticate(api_key.strip())
         if user is None:
             return templates.TemplateResponse(request, "sign_in.html", {
-                "error": "That API key is unknown or revoked. Keys start with ks_; ask an admin for one "
-                         "(kontext admin create-key EMAIL)."}, status_code=401)
+                "error": "That API key is unknown or revoked. Keys start with ks_; ask the administrator of this "
+                         "server for one."}, status_code=401)
         cookie, _ = auth.issue(user.id)
         response = RedirectResponse("/", status_code=303)
         set_cookie(request, response, cookie)

@@ -1,11 +1,12 @@
 // Kontext Studio: the browser side. Every change goes through the public /v1 API with the page's CSRF token.
 "use strict";
 
-const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 const IMAGE_FIELDS = ["input_image", "input_image_2", "input_image_3", "input_image_4"];
 const MAX_REFS = 4;
+const TERMINAL = ["succeeded", "failed", "canceled", "aborted"];
 
 class ApiError extends Error {}
 
@@ -46,16 +47,28 @@ function showError(el, message) {
   el.hidden = !message;
 }
 
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else if (k === "class") node.className = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  node.append(...children);
+  return node;
+}
+
 async function refreshCredits() {
-  const el = $("#credits-available");
-  if (!el) return;
+  const box = $("#credits-available");
+  if (!box) return;
   try {
     const acct = await api("GET", "/v1/account");
-    el.textContent = acct.credits.available;
+    box.textContent = acct.credits.available;
   } catch (err) { /* the header keeps the last figure */ }
 }
 
-// ---- references: drop, upload, check, role ----------------------------------------------------------
+// ---- references: choose, drop anywhere, paste, samples; the checker's notes under each ------------------
 const refs = [];
 
 function refsChanged() {
@@ -66,6 +79,7 @@ function refsChanged() {
     $("#coach-roles").value = refs.map((r) => r.role || "").join(",");
     document.body.dispatchEvent(new Event("refs-changed"));
   }
+  if (studio.view !== "result" && studio.view !== "grid") showCanvas(refs.length ? "image" : "empty");
 }
 
 function renderRefs() {
@@ -75,68 +89,29 @@ function renderRefs() {
   const roles = list.dataset.roles.split(",");
   list.replaceChildren();
   refs.forEach((ref, i) => {
-    const li = document.createElement("li");
-    li.className = "ref";
-    li.dataset.testid = "ref";
-    li.setAttribute("data-testid", "ref");
-    const fig = document.createElement("div");
-    fig.className = "ref-thumb";
-    const img = document.createElement("img");
-    img.src = ref.url;
-    img.alt = `Reference ${i + 1}${ref.name ? ": " + ref.name : ""}`;
-    img.width = 96;
-    img.height = 96;
-    fig.append(img);
-    const body = document.createElement("div");
-    body.className = "ref-body";
-    const label = document.createElement("label");
-    label.textContent = `Reference ${i + 1} role `;
-    const select = document.createElement("select");
-    select.setAttribute("data-testid", "role");
+    const img = el("img", {src: ref.url, alt: `Reference ${i + 1}${ref.name ? ": " + ref.name : ""}`, width: 64, height: 64});
+    const select = el("select", {"data-testid": "role", "aria-label": `Role of reference ${i + 1}`});
     for (const r of ["", ...roles]) {
-      const o = document.createElement("option");
-      o.value = r;
-      o.textContent = r || "(none)";
+      const o = el("option", {value: r, text: r || "(no role)"});
       o.selected = (ref.role || "") === r;
       select.append(o);
     }
     select.addEventListener("change", () => { ref.role = select.value || null; refsChanged(); });
-    label.append(select);
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "small";
-    remove.textContent = "Remove";
-    remove.setAttribute("aria-label", `Remove reference ${i + 1}`);
+    const remove = el("button", {type: "button", class: "small", text: "Remove", "aria-label": `Remove reference ${i + 1}`});
     remove.addEventListener("click", () => { refs.splice(i, 1); refsChanged(); });
-    const findings = document.createElement("ul");
-    findings.className = "findings";
-    findings.setAttribute("data-testid", "findings");
-    findings.setAttribute("aria-live", "polite");
+    const findings = el("ul", {class: "findings", "data-testid": "findings", "aria-live": "polite"});
     if (ref.checking) {
-      findings.innerHTML = "<li class='muted'>Checking the photo…</li>";
+      findings.append(el("li", {class: "muted", text: "Checking the photo…"}));
     } else if (ref.checkError) {
-      const li2 = document.createElement("li");
-      li2.className = "muted";
-      li2.textContent = ref.checkError;
-      findings.append(li2);
+      findings.append(el("li", {class: "muted", text: ref.checkError}));
     } else if (ref.report) {
       const shown = ref.report.findings.filter((f) => f.severity !== "info");
-      if (!shown.length) {
-        const ok = document.createElement("li");
-        ok.className = "ok";
-        ok.textContent = `Looks good (${ref.report.size.join("×")}).`;
-        findings.append(ok);
-      }
-      for (const f of shown) {
-        const item = document.createElement("li");
-        item.className = f.severity;
-        item.textContent = `${f.message} ${f.fix}`;
-        findings.append(item);
-      }
+      if (!shown.length) findings.append(el("li", {class: "ok", text: `Looks good (${ref.report.size.join("×")}).`}));
+      for (const f of shown) findings.append(el("li", {class: f.severity, text: `${f.message} ${f.fix}`}));
     }
-    body.append(label, remove, findings);
-    li.append(fig, body);
-    list.append(li);
+    const top = el("div", {class: "ref-top"}, el("strong", {text: `Reference ${i + 1}`}), select, remove);
+    list.append(el("li", {class: "ref", "data-testid": "ref"}, el("div", {class: "ref-thumb"}, img),
+                   el("div", {class: "ref-body"}, top, findings)));
   });
   updatePrice();
 }
@@ -174,22 +149,63 @@ async function addFiles(files) {
     }
   }
   showError(errorEl, problems.join(" "));
+  if (problems.length && errorEl) errorEl.scrollIntoView({block: "nearest"});
 }
 
-function setupDropzone() {
-  const zone = $("#dropzone");
-  if (!zone) return;
+async function addSample(url, name) {
+  try {
+    const blob = await (await fetch(url)).blob();
+    await addFiles([new File([blob], `${name}.jpg`, {type: blob.type || "image/jpeg"})]);
+  } catch (err) {
+    showError($("#upload-error"), `The sample photo could not be loaded: ${err.message}`);
+  }
+}
+
+function hasFiles(e) {
+  return e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+}
+
+// Drop anywhere on the page, paste from the clipboard, or choose files.
+function setupPicking() {
   const input = $("#file-input");
+  if (!input) return;
   input.addEventListener("change", () => { addFiles(Array.from(input.files)); input.value = ""; });
-  for (const ev of ["dragenter", "dragover"]) {
-    zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  for (const btn of $$("[data-choose-files]")) btn.addEventListener("click", () => input.click());
+  for (const btn of $$("[data-sample]")) btn.addEventListener("click", () => addSample(btn.dataset.sample, btn.dataset.name));
+  for (const btn of $$("[data-example]")) {
+    btn.addEventListener("click", () => {
+      const box = $("#prompt");
+      box.value = btn.dataset.example;
+      box.dispatchEvent(new Event("input", {bubbles: true}));
+      box.focus();
+    });
   }
-  for (const ev of ["dragleave", "drop"]) {
-    zone.addEventListener(ev, () => zone.classList.remove("over"));
-  }
-  zone.addEventListener("drop", (e) => {
+  const overlay = $("#drop-overlay");
+  let depth = 0;
+  document.addEventListener("dragenter", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth += 1;
+    if (overlay) overlay.hidden = false;
+  });
+  document.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth && overlay) overlay.hidden = true;
+  });
+  document.addEventListener("drop", (e) => {
+    depth = 0;
+    if (overlay) overlay.hidden = true;
+    if (!e.dataTransfer || !e.dataTransfer.files.length) return;
     e.preventDefault();
     addFiles(Array.from(e.dataTransfer.files));
+  });
+  document.addEventListener("paste", (e) => {
+    const files = Array.from((e.clipboardData && e.clipboardData.files) || []).filter((f) => f.type.startsWith("image/"));
+    if (!files.length) return;  // text pastes into the instruction as usual
+    e.preventDefault();
+    addFiles(files.map((f, i) => (f.name && f.name !== "image.png" ? f
+      : new File([f], `pasted-${Date.now()}-${i}.${(f.type.split("/")[1] || "png")}`, {type: f.type}))));
   });
 }
 
@@ -367,26 +383,83 @@ function lockText(result, recipe) {
     : `Pixel lock: ${label}; not applied: ${lock.reason}.`;
 }
 
-// ---- the studio form --------------------------------------------------------------------------------
-const studio = {current: null, stream: null, queueTimer: null, parent: null, session: null, turn: null,
-                beforeUrl: null, lastInput: null};
+// ---- the canvas: the picture is the page ----------------------------------------------------------
+const studio = {current: null, batch: [], stream: null, timers: [], parent: null, session: null, turns: [],
+                beforeUrl: null, lastInput: null, view: "empty", shown: null};
+
+// What the canvas shows: "empty" (first steps), "image" (the first reference), "result" (compare), "grid".
+function showCanvas(view) {
+  if (!$("#canvas")) return;
+  studio.view = view;
+  $("#canvas").classList.toggle("is-empty", view === "empty");
+  $("#empty").hidden = view !== "empty";
+  $("#canvas-image").hidden = view !== "image";
+  $("#compare").hidden = view !== "result";
+  $("#variations").hidden = view !== "grid";
+  if (view === "image" && refs[0]) {
+    const img = $("#canvas-image");
+    if (img.dataset.src !== refs[0].url) {
+      img.dataset.src = refs[0].url;
+      img.onload = () => { img.width = img.naturalWidth; img.height = img.naturalHeight; fitCanvas(); };
+      img.src = refs[0].url;
+      img.alt = `Reference 1${refs[0].name ? ": " + refs[0].name : ""}, shown large`;
+    }
+  }
+  if (view !== "result" && view !== "grid") $("#result").hidden = true;
+  fitCanvas();
+}
+
+// Size the shown picture to the largest box of its shape that fits the canvas (no scrolling, no stretching).
+function fitCanvas() {
+  const inner = $(".canvas-inner");
+  if (!inner) return;
+  const box = inner.getBoundingClientRect();
+  if (!box.width || !box.height) return;
+  const fit = (target, w, h) => {
+    const scale = Math.min(box.width / w, box.height / h);
+    target.style.width = `${Math.floor(w * scale)}px`;
+    target.style.height = `${Math.floor(h * scale)}px`;
+  };
+  if (studio.view === "image") {
+    const img = $("#canvas-image");
+    if (img.naturalWidth) fit(img, img.naturalWidth, img.naturalHeight);
+  } else if (studio.view === "result" && studio.shown) {
+    fit($("#compare"), studio.shown[0], studio.shown[1]);
+  } else if (studio.view === "grid") {
+    const n = $$("#variations > li").length;
+    const side = n > 2 ? Math.min(box.width, box.height) : Math.min(box.width, box.height * 2);
+    $("#variations").style.width = `${Math.floor(side)}px`;
+  }
+}
 
 function selectedTier() {
-  const el = $('input[name="tier"]:checked');
-  return el ? el.value : "dev";
+  const chosen = $('input[name="tier"]:checked');
+  return chosen ? chosen.value : "dev";
+}
+
+function outputs() {
+  const n = $("#num-outputs");
+  return n ? Math.max(1, Math.min(4, Number(n.value) || 1)) : 1;
 }
 
 function updatePrice() {
-  const el = $('input[name="tier"]:checked');
+  const chosen = $('input[name="tier"]:checked');
   const price = $("#price");
-  if (!el || !price) return;
-  price.textContent = document.querySelector(".credits strong") ? `${el.dataset.price} credits` : "free";
+  if (!price) return;
+  if (!chosen) { price.textContent = "no model"; return; }
+  const n = outputs();
+  const each = Number(chosen.dataset.price);
+  price.textContent = document.querySelector(".credits strong") ? `${each * n} credits` : "free";
+  const name = $("#model-chosen");
+  if (name) name.textContent = `${chosen.dataset.title}${n > 1 ? ` × ${n}` : ""}`;
+  const submit = $("#submit");
+  if (submit) submit.setAttribute("aria-disabled", refs.length ? "false" : "true");
 }
 
 function num(id) {
-  const el = $(`#${id}`);
-  if (!el || el.value.trim() === "") return undefined;
-  return Number(el.value);
+  const box = $(`#${id}`);
+  if (!box || box.value.trim() === "") return undefined;
+  return Number(box.value);
 }
 
 function collectInput() {
@@ -417,7 +490,7 @@ function collectInput() {
 }
 
 function formProblem(input) {
-  if (!refs.length) return "Add at least one reference photo first.";
+  if (!refs.length) return `Add a photo first (drop it anywhere, paste it, or choose one). ${$("#t2i-note").textContent}`;
   if (!input.prompt) return "Type what should change in the instruction box.";
   if (maskActive() && !input.lock_mask) {
     return "Paint the area to change on the first reference (Advanced → Pixel lock), or choose Auto.";
@@ -428,128 +501,224 @@ function formProblem(input) {
   return null;
 }
 
-async function submitEdit(input, tier) {
+// Submit one run of `n` outputs: each output is its own prediction (charged and recorded on its own); with a
+// fixed seed the variations take seed, seed+1, ... so each is reproducible.
+async function submitEdit(input, tier, n = 1) {
   showError($("#form-error"), "");
   showError($("#result-error"), "");
   const problem = formProblem(input);
   if (problem) { showError($("#form-error"), problem); return; }
-  let pred;
-  try {
-    pred = await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input});
-  } catch (err) {
-    showError($("#form-error"), err.message);
-    return;
+  const made = [];
+  for (let i = 0; i < n; i += 1) {
+    const one = {...input};
+    if (n > 1 && input.seed !== undefined) one.seed = input.seed + i;
+    try {
+      made.push(await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input: one}));
+    } catch (err) {
+      showError($("#form-error"), made.length ? `${made.length} of ${n} started; the rest were refused: ${err.message}`
+        : err.message);
+      break;
+    }
   }
+  if (!made.length) return;
   studio.lastInput = {input, tier};
   studio.beforeUrl = refs[0].url;
   if (studio.session && studio.parent) {
-    try {
-      await api("POST", `/v1/sessions/${studio.session}/turns`, {prediction: pred.id, parent: studio.parent});
-    } catch (err) { showError($("#form-error"), `The edit runs, but the session could not record it: ${err.message}`); }
+    for (const pred of made) {
+      try {
+        await api("POST", `/v1/sessions/${studio.session}/turns`, {prediction: pred.id, parent: studio.parent});
+      } catch (err) { showError($("#form-error"), `The edit runs, but the session could not record it: ${err.message}`); }
+    }
   }
   refreshCredits();
-  track(pred);
+  track(made);
 }
 
 function setStatus(text) { $("#job-status").textContent = text; }
 
-function track(pred) {
-  studio.current = pred;
-  $("#placeholder").hidden = true;
-  $("#job").hidden = false;
-  $("#result").hidden = true;
-  $("#cancel").disabled = false;
-  $("#progress").value = 0;
-  setStatus("Queued…");
+function stopWatching() {
   if (studio.stream) studio.stream.close();
-  clearInterval(studio.queueTimer);
+  studio.stream = null;
+  studio.timers.forEach(clearInterval);
+  studio.timers = [];
+}
+
+function track(preds) {
+  stopWatching();
+  studio.batch = preds.map((p) => ({...p}));
+  studio.current = studio.batch[0];
+  $("#job").hidden = false;
+  $("#cancel").disabled = false;
+  $("#cancel").hidden = false;
+  $("#progress").hidden = false;
+  $("#progress").value = 0;
+  setStatus(preds.length > 1 ? `Queued ${preds.length} variations…` : "Queued…");
+  if (preds.length === 1) { watchOne(studio.batch[0]); return; }
+  const poll = async () => {
+    for (const p of studio.batch) {
+      if (TERMINAL.includes(p.status)) continue;
+      try { Object.assign(p, await api("GET", `/v1/predictions/${p.id}`)); } catch (err) { /* next round */ }
+    }
+    const done = studio.batch.filter((p) => TERMINAL.includes(p.status)).length;
+    const avg = studio.batch.reduce((s, p) => s + (TERMINAL.includes(p.status) ? 1 : p.progress || 0), 0) / studio.batch.length;
+    $("#progress").value = Math.round(avg * 100);
+    setStatus(`Rendering ${studio.batch.length} variations… ${done} done`);
+    if (done === studio.batch.length) { stopWatching(); batchFinished(); }
+  };
+  poll();
+  studio.timers.push(setInterval(poll, 600));
+}
+
+function watchOne(pred) {
   const pollQueue = async () => {
     try {
       const q = await api("GET", `/v1/predictions/${pred.id}/queue`);
       if (q.status === "starting") {
         setStatus(q.ahead ? `Waiting: ${q.ahead} edit${q.ahead === 1 ? "" : "s"} ahead of yours.` : "Starting…");
       } else {
-        clearInterval(studio.queueTimer);
+        studio.timers.forEach(clearInterval);
       }
-    } catch (err) { clearInterval(studio.queueTimer); }
+    } catch (err) { studio.timers.forEach(clearInterval); }
   };
   pollQueue();
-  studio.queueTimer = setInterval(pollQueue, 700);
+  studio.timers.push(setInterval(pollQueue, 700));
   const es = new EventSource(`/v1/predictions/${pred.id}/stream`);
   studio.stream = es;
   es.addEventListener("progress", (e) => {
     const d = JSON.parse(e.data);
     if (d.status === "processing") {
-      clearInterval(studio.queueTimer);
+      studio.timers.forEach(clearInterval);
       $("#progress").value = Math.round(d.progress * 100);
       setStatus(`Rendering… ${Math.round(d.progress * 100)} %`);
     }
   });
   es.addEventListener("completed", (e) => {
     es.close();
-    clearInterval(studio.queueTimer);
-    finished(JSON.parse(e.data));
+    Object.assign(pred, JSON.parse(e.data));
+    stopWatching();
+    batchFinished();
   });
   es.onerror = () => {
     // The stream closes after "completed"; if it broke earlier, ask once for the state.
-    if (es.readyState === EventSource.CLOSED && studio.current && studio.current.id === pred.id) {
+    if (es.readyState === EventSource.CLOSED && studio.batch.includes(pred) && !TERMINAL.includes(pred.status)) {
       api("GET", `/v1/predictions/${pred.id}`).then((p) => {
-        if (["succeeded", "failed", "canceled", "aborted"].includes(p.status)) finished(p);
+        if (TERMINAL.includes(p.status)) { Object.assign(pred, p); stopWatching(); batchFinished(); }
       }).catch(() => {});
     }
   };
 }
 
-function finished(pred) {
-  if (!studio.current || studio.current.id !== pred.id || studio.current.done) return;
-  studio.current = {...pred, done: true};
-  $("#cancel").disabled = true;
+function failureText(pred) {
+  const why = {canceled: "Canceled; the credits held for it were released.",
+               aborted: "The deadline passed before it started; nothing was charged.",
+               failed: `The edit failed: ${pred.error || "no reason given"}. The credits held for it were released.`};
+  return why[pred.status] || pred.status;
+}
+
+function batchFinished() {
+  if (studio.batch.done) return;
+  studio.batch.done = true;
+  $("#cancel").hidden = true;
+  $("#progress").hidden = true;
   refreshCredits();
-  if (pred.status !== "succeeded") {
-    $("#progress").value = 0;
-    const why = {canceled: "Canceled; the credits held for it were released.",
-                 aborted: "The deadline passed before it started; nothing was charged.",
-                 failed: `The edit failed: ${pred.error || "no reason given"}. The credits held for it were released.`};
-    setStatus(why[pred.status] || pred.status);
+  const good = studio.batch.filter((p) => p.status === "succeeded");
+  if (!good.length) {
+    setStatus(failureText(studio.batch[0]));
     return;
   }
-  $("#progress").value = 100;
-  setStatus(`Done in ${(pred.metrics.predict_time || 0).toFixed(1)} s · ${pred.cost} credits.`);
-  showResult(pred);
+  if (studio.batch.length === 1) {
+    const pred = studio.batch[0];
+    setStatus(`Done in ${((pred.metrics || {}).predict_time || 0).toFixed(1)} s · ${pred.cost} credits.`);
+    showResult(pred);
+  } else {
+    const cost = good.reduce((s, p) => s + (p.cost || 0), 0);
+    setStatus(`Done: ${good.length} of ${studio.batch.length} variations · ${cost} credits. Choose one to continue.`);
+    showGrid();
+  }
   if (studio.session) loadSession();
 }
 
+function showGrid() {
+  const grid = $("#variations");
+  grid.replaceChildren();
+  studio.batch.forEach((p, i) => {
+    const label = `Variation ${i + 1}${p.result && p.result.seed !== undefined ? `, seed ${p.result.seed}` : ""}`;
+    let body;
+    if (p.status === "succeeded") {
+      const size = ((p.result || {}).recipe || {}).output_size || [1, 1];
+      body = el("button", {type: "button", "aria-label": `${label}: show it and continue from it`},
+                el("img", {src: p.output, alt: "", width: size[0], height: size[1]}),
+                el("span", {class: "label", text: label}));
+      body.addEventListener("click", () => showResult(p));
+    } else {
+      body = el("span", {class: "status-box", text: `${label}: ${p.status}`});
+    }
+    grid.append(el("li", {"data-testid": "variation", "data-status": p.status}, body));
+  });
+  showCanvas("grid");
+  $("#result").hidden = true;
+}
+
+const ROUTINE = /(resized to|snapped to|stitched into|rotated upright|converted from 16-bit|filled with white|output restored)/i;
+
+function identityWords(identity) {
+  if (!identity || identity.similarity === null || identity.similarity === undefined) {
+    return {text: "Likeness not measured (nothing to compare)", cls: "muted", title: "No face or subject was found to compare."};
+  }
+  const score = `similarity ${identity.similarity.toFixed(2)} (0 to 1)`;
+  const d = identity.details || {};
+  if (identity.measured) {
+    if ((d.lost_faces || 0) > 0 || d.output_faces === 0) {
+      return {text: "Face not found in the result", cls: "warn", title: score};
+    }
+    return identity.passed ? {text: "Same person", cls: "good", title: `${score}; 0.5 and above is the same person`}
+      : {text: "Looks like a different person", cls: "warn", title: `${score}; under 0.5`};
+  }
+  return identity.passed ? {text: "Subject kept (no face to compare)", cls: "good", title: score}
+    : {text: "Subject changed noticeably (no face to compare)", cls: "warn", title: score};
+}
+
 function showResult(pred) {
+  studio.current = pred;
   const result = pred.result || {};
   const recipe = result.recipe || {};
   const size = recipe.output_size || [1, 1];
-  const compare = $("#compare");
-  compare.style.aspectRatio = `${size[0]} / ${size[1]}`;  // reserved before the pictures load: no layout shift
+  studio.shown = size;
   for (const img of [$("#after"), $("#before")]) { img.width = size[0]; img.height = size[1]; }
   $("#after").src = pred.output;
   $("#before").src = studio.beforeUrl || pred.output;
   setCompare(50);
+  showCanvas("result");
+  const words = identityWords(result.identity);
   const badge = $("#identity");
-  const sim = result.identity && result.identity.similarity;
-  if (sim === null || sim === undefined) {
-    badge.textContent = "identity not measured";
-    badge.className = "badge muted";
-  } else {
-    badge.textContent = `identity ${sim.toFixed(2)}`;
-    badge.className = `badge ${result.identity.passed === false ? "warn" : "good"}`;
-  }
+  badge.textContent = words.text;
+  badge.className = `badge ${words.cls}`;
+  badge.title = words.title;
+  badge.setAttribute("aria-label", `${words.text}: ${words.title}`);
   $("#lock-info").textContent = lockText(result, recipe);
-  $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model}`;
+  $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model} · ${pred.cost} credits`;
   const warnings = $("#warnings");
+  const notes = $("#notes");
   warnings.replaceChildren();
-  for (const w of result.warnings || []) {
-    const li = document.createElement("li");
-    li.textContent = w;
-    warnings.append(li);
-  }
+  notes.replaceChildren();
+  for (const w of result.warnings || []) (ROUTINE.test(w) ? notes : warnings).append(el("li", {text: w}));
+  $("#notes-box").hidden = !notes.children.length;
+  $("#notes-title").textContent = `Notes (${notes.children.length}): routine adjustments`;
+  warnings.hidden = !warnings.children.length;
   const dl = $("#download");
   dl.href = pred.output;
   dl.download = `kontext-${pred.id}.${(recipe.output_format || "png").replace("jpeg", "jpg")}`;
+  $("#details-link").href = `/predictions/${pred.id}`;
+  const here = pred.model.replace("flux-kontext-", "");
+  const tryModel = $("#try-model");
+  tryModel.replaceChildren();
+  for (const r of $$('input[name="tier"]')) {
+    if (r.value === here || r.disabled) continue;
+    tryModel.append(el("option", {value: r.value, text: `${r.dataset.title} (${document.querySelector(".credits strong") ? `${r.dataset.price} cr` : "free"})`}));
+  }
+  tryModel.disabled = !tryModel.children.length;
+  $("#try-go").disabled = !tryModel.children.length;
+  if (!tryModel.children.length) tryModel.append(el("option", {text: "No other model here"}));
   $("#result").hidden = false;
 }
 
@@ -557,6 +726,32 @@ function setCompare(v) {
   $("#compare-range").value = v;
   $("#before").style.clipPath = `inset(0 ${100 - v}% 0 0)`;
   $(".divider").style.left = `${v}%`;
+}
+
+// Download in the format asked: PNG is the file as made; JPEG and WebP are converted here in the browser.
+async function download(e) {
+  const format = $("#download-format").value;
+  const pred = studio.current;
+  if (!pred || format === "png") return;
+  e.preventDefault();
+  try {
+    const blob = await (await fetch(pred.output, {credentials: "same-origin"})).blob();
+    const bitmap = await createImageBitmap(blob);
+    const canvas = el("canvas", {width: bitmap.width, height: bitmap.height});
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#fff";  // JPEG has no transparency
+    ctx.fillRect(0, 0, bitmap.width, bitmap.height);
+    ctx.drawImage(bitmap, 0, 0);
+    const out = await new Promise((ok) => canvas.toBlob(ok, `image/${format}`, 0.92));
+    const url = URL.createObjectURL(out);
+    const a = el("a", {href: url, download: `kontext-${pred.id}.${format === "jpeg" ? "jpg" : format}`});
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (err) {
+    showError($("#result-error"), `The download could not be converted: ${err.message}`);
+  }
 }
 
 async function useAsInput(pred) {
@@ -577,8 +772,11 @@ async function useAsInput(pred) {
 
 function continueFrom(predictionId, upload) {
   studio.parent = predictionId;
+  studio.view = "image";
   refs.splice(0, refs.length, {file: upload.id, url: upload.urls.get, name: "previous result", role: "subject"});
   refsChanged();
+  showCanvas("image");
+  $("#job").hidden = true;
   checkRef(refs[0]);
   $("#prompt").value = "";
   $("#prompt").focus();
@@ -591,28 +789,14 @@ async function loadSession() {
   const strip = $("#strip");
   strip.replaceChildren();
   for (const t of s.turns) {
-    const li = document.createElement("li");
-    li.className = "turn" + (t.prediction === studio.parent ? " current" : "") + (t.branch ? " branch" : "");
-    li.setAttribute("data-testid", "turn");
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.setAttribute("aria-label", `Continue from turn ${t.turn}: ${t.prompt}`);
-    if (t.output) {
-      const img = document.createElement("img");
-      img.src = t.output;
-      img.alt = "";
-      img.width = 72;
-      img.height = 72;
-      btn.append(img);
-    }
-    const cap = document.createElement("span");
+    const btn = el("button", {type: "button", "aria-label": `Continue from turn ${t.turn}: ${t.prompt}`});
+    if (t.output) btn.append(el("img", {src: t.output, alt: "", width: 64, height: 64}));
     const drift = t.drift && t.drift.similarity !== null ? ` · drift ${t.drift.similarity.toFixed(2)}` : "";
-    cap.textContent = `Turn ${t.turn}${t.branch ? " (branch)" : ""}${drift}`;
-    btn.append(cap);
+    btn.append(el("span", {text: `Turn ${t.turn}${t.branch ? " (branch)" : ""}${drift}`}));
     btn.disabled = !t.output;
     btn.addEventListener("click", () => selectTurn(t));
-    li.append(btn);
-    strip.append(li);
+    strip.append(el("li", {class: "turn" + (t.prediction === studio.parent ? " current" : "") + (t.branch ? " branch" : ""),
+                           "data-testid": "turn"}, btn));
   }
   studio.turns = s.turns;
   box.hidden = false;
@@ -646,12 +830,14 @@ async function reuseSettings(predictionId) {
       if (input[f]) refs.push({file: input[f], url: r.image_urls[i], name: `reference ${i + 1}`,
                                role: (input.roles || [])[i] || null});
     });
+    studio.view = "image";
     refsChanged();
+    showCanvas(refs.length ? "image" : "empty");
     refs.forEach((ref) => checkRef(ref));
     $("#prompt").value = input.prompt || "";
     $("#prompt").dispatchEvent(new Event("input", {bubbles: true}));
     const tier = $(`input[name="tier"][value="${r.tier}"]`);
-    if (tier) tier.checked = true;
+    if (tier && !tier.disabled) tier.checked = true;
     const aspect = $(`input[name="aspect_ratio"][value="${input.aspect_ratio || "match_input_image"}"]`);
     if (aspect) aspect.checked = true;
     if (input.seed !== undefined && input.seed !== null) {
@@ -682,10 +868,7 @@ async function listLoras() {
   box.replaceChildren();
   if (!found.length) { box.textContent = "You have no trained LoRAs yet."; return; }
   for (const lora of found) {
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.className = "small";
-    btn.textContent = `Add ${lora.name || lora.id}`;
+    const btn = el("button", {type: "button", class: "small", text: `Add ${lora.name || lora.id}`});
     btn.addEventListener("click", () => {
       const area = $("#loras");
       area.value = (area.value.trim() ? area.value.trim() + "\n" : "") + `${lora.id}:1.0`;
@@ -694,41 +877,53 @@ async function listLoras() {
   }
 }
 
+async function tryAnotherModel() {
+  const tier = $("#try-model").value;
+  showError($("#result-error"), "");
+  try {
+    const pred = await api("POST", `/v1/predictions/${studio.current.id}/promote`, {tier});
+    const card = $(`input[name="tier"][value="${tier}"]`);
+    if (card) { card.checked = true; updatePrice(); }
+    refreshCredits();
+    track([pred]);
+  } catch (err) { showError($("#result-error"), `${$("#try-model").selectedOptions[0].textContent}: ${err.message}`); }
+}
+
 function setupStudio() {
   const form = $("#edit-form");
   if (!form) return;
-  form.addEventListener("submit", (e) => { e.preventDefault(); submitEdit(collectInput(), selectedTier()); });
-  $$('input[name="tier"]').forEach((el) => el.addEventListener("change", updatePrice));
+  form.addEventListener("submit", (e) => { e.preventDefault(); submitEdit(collectInput(), selectedTier(), outputs()); });
+  // Ctrl+Enter (Cmd+Enter on a Mac) generates from anywhere on the page.
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
+  });
+  $$('input[name="tier"]').forEach((r) => r.addEventListener("change", updatePrice));
+  $("#num-outputs").addEventListener("change", updatePrice);
   $("#seed").addEventListener("input", () => { $('input[name="seed_mode"][value="fixed"]').checked = true; });
   $("#cancel").addEventListener("click", async () => {
-    if (!studio.current) return;
+    const running = studio.batch.filter((p) => !TERMINAL.includes(p.status));
+    setStatus("Canceling…");
     try {
-      setStatus("Canceling…");
-      const pred = await api("POST", `/v1/predictions/${studio.current.id}/cancel`);
-      if (studio.stream) studio.stream.close();
-      clearInterval(studio.queueTimer);
-      finished(pred);  // the answer already says canceled (or finished, if it ended first)
+      for (const p of running) Object.assign(p, await api("POST", `/v1/predictions/${p.id}/cancel`));
+      stopWatching();
+      batchFinished();  // the answers already say canceled (or finished, if one ended first)
     } catch (err) { setStatus(err.message); }
   });
   $("#compare-range").addEventListener("input", (e) => setCompare(Number(e.target.value)));
+  $("#download").addEventListener("click", download);
   $("#use-input").addEventListener("click", () => useAsInput(studio.current));
   $("#reuse").addEventListener("click", () => reuseSettings(studio.current.id));
-  $("#new-seed").addEventListener("click", () => {
+  const again = (n) => {
     if (!studio.lastInput) return;
     const {input, tier} = studio.lastInput;
-    const again = {...input};
-    delete again.seed;
+    const fresh = {...input};
+    delete fresh.seed;
     $('input[name="seed_mode"][value="random"]').checked = true;  // the form says what was sent
-    submitEdit(again, tier);
-  });
-  $("#promote").addEventListener("click", async () => {
-    showError($("#result-error"), "");
-    try {
-      const pred = await api("POST", `/v1/predictions/${studio.current.id}/promote`, {tier: "pro"});
-      refreshCredits();
-      track(pred);
-    } catch (err) { showError($("#result-error"), `Render with Pro: ${err.message}`); }
-  });
+    submitEdit(fresh, tier, n);
+  };
+  $("#new-seed").addEventListener("click", () => again(1));
+  $("#more-variations").addEventListener("click", () => again(4));
+  $("#try-go").addEventListener("click", tryAnotherModel);
   $("#undo").addEventListener("click", undo);
   document.addEventListener("click", (e) => {
     const btn = e.target.closest("[data-rewrite]");
@@ -737,8 +932,10 @@ function setupStudio() {
     $("#prompt").dispatchEvent(new Event("input", {bubbles: true}));
     $("#prompt").focus();
   });
+  if (window.ResizeObserver) new ResizeObserver(() => fitCanvas()).observe($("#canvas"));
   updatePrice();
   listLoras();
+  showCanvas("empty");
   const reuse = new URLSearchParams(location.search).get("reuse");
   if (reuse) reuseSettings(reuse);
 }
@@ -850,7 +1047,7 @@ function setupAccount() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupDropzone();
+  setupPicking();
   setupStudio();
   setupMask();
   setupSeries();
