@@ -20,7 +20,7 @@ $(VENV)/bin/activate:
 
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[gpu,analysis,service]"
+	$(PIP) install -q -e ".[gpu,analysis,service,credentials]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

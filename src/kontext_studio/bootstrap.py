@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.backends.base import EditBackend
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.fidelity_base import Fidelity
+from kontext_studio.core.provenance.credentials import (
+    ContentCredentials,
+    CredentialConfig,
+    use_content_credentials,
+)
 from kontext_studio.core.weights import ModelSource
 from kontext_studio.settings import Settings
 
@@ -39,10 +46,34 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
             on_status=on_status,
         )
 
+    install_content_credentials(settings)
     factories: dict[str, Callable[[], EditBackend]] = {"diffusers": diffusers_backend}
     if settings.bfl_api_key:
         factories["bfl_api"] = lambda: bfl_backend(settings)
     return Editor(backend_factories=factories, fidelity=build_fidelity(settings))
+
+
+def content_credentials(settings: Settings) -> ContentCredentials:
+    """The installation's content-credentials signer: an organisation's chain when ``signing_cert`` and
+    ``signing_key`` are set, else the local CA kept in ``home/credentials``."""
+    return ContentCredentials(CredentialConfig(folder=Path(settings.home) / "credentials",
+                                               cert_chain=settings.signing_cert, key=settings.signing_key))
+
+
+def install_content_credentials(settings: Settings) -> ContentCredentials:
+    """Make the installation's signer sign every output this process writes, creating the local CA on first
+    start (certificates only: nothing heavy is imported).
+
+    Raises:
+        CredentialsError: a bring-your-own certificate or key is missing or cannot sign.
+    """
+    credentials = content_credentials(settings)
+    try:
+        credentials.identity()
+    except ImportError:  # no `cryptography`: outputs go unsigned and say so
+        logging.getLogger(__name__).warning("content credentials are off: the cryptography package is missing")
+    use_content_credentials(credentials)
+    return credentials
 
 
 def bfl_backend(settings: Settings) -> EditBackend:

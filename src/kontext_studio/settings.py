@@ -36,6 +36,9 @@ class Settings:
         local_credits: credits granted to the local admin created on first start (``KONTEXT_LOCAL_CREDITS``).
         allow_image_urls: accept ``https://`` image URLs in prediction inputs, fetched through the SSRF guard
             (``KONTEXT_ALLOW_IMAGE_URLS``; off by default).
+        signing_cert, signing_key: an organisation's own certificate chain (PEM, signing certificate first)
+            and key to sign content credentials with (``KONTEXT_SIGNING_CERT``, ``KONTEXT_SIGNING_KEY``);
+            unset: the installation's own CA in ``home/credentials``, created on first start.
     """
 
     model: str | None = None
@@ -56,6 +59,8 @@ class Settings:
     free: bool = False
     local_credits: int = 1000
     allow_image_urls: bool = False
+    signing_cert: Path | None = None
+    signing_key: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +85,8 @@ class Settings:
             free=e.get("KONTEXT_FREE", "").lower() in _TRUE,
             local_credits=int(e.get("KONTEXT_LOCAL_CREDITS", "1000")),
             allow_image_urls=e.get("KONTEXT_ALLOW_IMAGE_URLS", "").lower() in _TRUE,
+            signing_cert=Path(e["KONTEXT_SIGNING_CERT"]).expanduser() if e.get("KONTEXT_SIGNING_CERT") else None,
+            signing_key=Path(e["KONTEXT_SIGNING_KEY"]).expanduser() if e.get("KONTEXT_SIGNING_KEY") else None,
         )
 
     @property

@@ -14,6 +14,7 @@ from kontext_studio.bootstrap import build_editor, model_source, with_overrides
 from kontext_studio.cli.output import err, handles_errors, out, print_json, progress_bars
 from kontext_studio.cli.plan import plan as plan_command
 from kontext_studio.cli.train import app as train_app
+from kontext_studio.cli.verify import verify
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.recipe import format_for_path, read_recipe
 from kontext_studio.core.registry import TIERS
@@ -472,6 +473,7 @@ admin = typer.Typer(help="Users, API keys and credits of the service database.",
 app.add_typer(admin, name="admin")
 app.add_typer(train_app, name="train-lora")
 app.command("plan")(plan_command)
+app.command()(verify)
 
 
 def _accounts() -> Any:

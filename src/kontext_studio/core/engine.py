@@ -325,7 +325,8 @@ class Editor:
         if on_progress:
             on_progress("done", 1, 1)
         return EditResult(image=best.image, seed=best.seed, recipe=recipe, timings=timings, warnings=warnings,
-                          output_format=fmt, identity=identity, pixel_lock=best.lock, findings=findings)
+                          output_format=fmt, identity=identity, pixel_lock=best.lock, findings=findings,
+                          references=list(request.references))
 
     def _candidate(self, backend: EditBackend, plan: GenerationPlan, geometry: GeometryPlan,
                    loaded: list[LoadedImage], subject: int, request: EditRequest, mask: Image.Image | None,

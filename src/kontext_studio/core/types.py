@@ -232,6 +232,7 @@ class EditResult:
             candidate's), when a fidelity analyser is configured.
         pixel_lock: what the pixel lock did (alignment, colour correction, changed area), if it ran.
         findings: the reference checker's findings, one list per reference.
+        references: the request's references, named as ingredients in the output's content credentials.
     """
 
     image: Image.Image
@@ -243,12 +244,18 @@ class EditResult:
     identity: dict[str, Any] | None = None
     pixel_lock: dict[str, Any] | None = None
     findings: list[list[dict[str, Any]]] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
-        """Write the image with its recipe and AI-provenance marks embedded; returns the path."""
+        """Write the image with its recipe and AI-provenance marks embedded, then sign it with the
+        installation's content credentials (a note joins ``warnings`` when it cannot be signed); returns
+        the path."""
+        from kontext_studio.core.provenance.signing import sign_saved_edit
         from kontext_studio.core.recipe import save_image_with_recipe
 
-        return save_image_with_recipe(self.image, path, self.recipe, self.output_format)
+        out = save_image_with_recipe(self.image, path, self.recipe, self.output_format)
+        sign_saved_edit(out, self.recipe, self.references, self.warnings)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description (no pixels), for ``--json`` and the API."""

@@ -96,12 +96,14 @@ def _any_user(engine: Any) -> bool:
 def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor],
               say: Callable[[str], None] = print) -> Any:
     """The FastAPI app for ``kontext serve``."""
+    from kontext_studio.bootstrap import install_content_credentials
     from kontext_studio.service.app import create_app
     from kontext_studio.service.inputs import MAX_IMAGE_BYTES
     from kontext_studio.service.security.remote_images import ImageFetcher
     from kontext_studio.service.storage.storage_local import LocalStorage
 
     prepared = prepare(settings, host)
+    install_content_credentials(settings)  # every output the service stores is signed by this installation
     if prepared.new_key:
         say(f"created the local admin ({LOCAL_ADMIN}) with {settings.local_credits} credits; its API key "
             f"(shown once): {prepared.new_key}")

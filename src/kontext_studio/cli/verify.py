@@ -1,0 +1,55 @@
+"""``kontext verify IMG``: an image's content credentials, AI marks and recipe, in words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kontext_studio.cli.output import handles_errors, out, print_json
+
+# Exit codes scripts can rely on: 0 the manifest validates; 1 it fails (changed after signing);
+# 4 there is no manifest (or it could not be checked). Bad input exits 2 like every command.
+EXIT_INVALID, EXIT_NO_CREDENTIALS = 1, 4
+
+
+@handles_errors
+def verify(
+    image: Annotated[Path, typer.Argument(help="Any image (PNG, JPEG, WebP, AVIF, HEIC...).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Check IMAGE's content credentials (C2PA) and say whether and how it was made or edited with AI.
+
+    Exits 0 when its manifest validates, 1 when it fails validation, 4 when it has none.
+    """
+    from kontext_studio.bootstrap import content_credentials
+    from kontext_studio.core.provenance.inspect import inspect_provenance
+    from kontext_studio.settings import Settings
+
+    report = inspect_provenance(image, content_credentials(Settings.from_env()))
+    code = 0 if report.validates else EXIT_INVALID if report.credentials == "invalid" else EXIT_NO_CREDENTIALS
+    if as_json:
+        print_json(report.to_dict())
+        raise typer.Exit(code)
+    colour = {"trusted": "green", "unknown_issuer": "yellow", "invalid": "bold red"}.get(report.credentials, "dim")
+    out.print(f"[bold]{image}[/]  {report.format} {report.size[0]}×{report.size[1]}" if report.size else
+              f"[bold]{image}[/]", highlight=False)
+    out.print(f"content credentials: [{colour}]{report.credentials_text}[/]", highlight=False)
+    ai = {True: "yes", False: "no AI step recorded", None: "nothing says"}[report.ai_generated]
+    out.print(f"made or edited with AI: {ai}", highlight=False)
+    for i, step in enumerate(reversed(report.history)):
+        signer = f" — signed by {step.signer}" if step.signer else ""
+        when = f" on {step.signed_at}" if step.signed_at else ""
+        out.print(f"  {i + 1}. {step.sentence()}{signer}{when}", highlight=False)
+    for failure in report.failures:
+        out.print(f"  [red]✗[/] {failure}", highlight=False)
+    if report.iptc_source_type:
+        from kontext_studio.core.provenance.inspect import source_type_words
+
+        out.print(f"IPTC digital source type: {source_type_words(report.iptc_source_type)}", highlight=False)
+    if report.recipe:
+        r = report.recipe
+        out.print(f"Kontext Studio recipe: {r.get('instruction')!r} (seed {r.get('seed')}, tier {r.get('tier')}); "
+                  "`kontext replay` re-runs it", highlight=False)
+    raise typer.Exit(code)

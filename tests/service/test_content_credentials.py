@@ -1,0 +1,53 @@
+"""The service signs the outputs it stores with the installation's content credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kontext_studio.bootstrap import content_credentials
+from kontext_studio.core.backends.fake import FakeBackend
+from kontext_studio.core.engine import Editor
+from kontext_studio.core.provenance import current_content_credentials, use_content_credentials
+from kontext_studio.core.provenance.inspect import inspect_provenance
+from kontext_studio.core.recipe import read_recipe
+from kontext_studio.service.inputs import data_url
+from kontext_studio.service.server import build_app
+from kontext_studio.settings import Settings
+from tests.service.test_api import Client, png
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    before = current_content_credentials()
+    yield Settings(home=tmp_path / "home")
+    use_content_credentials(before)
+
+
+def test_stored_prediction_output_is_signed_by_this_installation(settings: Settings, tmp_path: Path) -> None:
+    said: list[str] = []
+    app = build_app(settings, "127.0.0.1", lambda: Editor({"fake": FakeBackend(step_seconds=0.0, resolution=128)}),
+                    say=said.append)
+    assert (settings.home / "credentials" / "signer.key").is_file()  # made at first start
+    key = next(m.rsplit(": ", 1)[1] for m in said if "API key" in m)
+    with TestClient(app):
+        client = Client(app, key)
+        r = client.post("/v1/predictions", {"model": "flux-kontext-dev",
+                                            "input": {"prompt": "put it on a beach", "input_image": data_url(png()),
+                                                      "seed": 3, "num_inference_steps": 2,
+                                                      "output_format": "jpeg"}})
+        assert r.status_code == 201, r.text
+        done = client.wait(r.json()["id"])
+        assert done["status"] == "succeeded", done
+        image = client.http.get(done["output"]).content
+    report = inspect_provenance(image, credentials=content_credentials(settings))
+    assert report.credentials == "trusted", report.summary
+    (step,) = report.history
+    assert step.ai and [i.relationship for i in step.ingredients] == ["parentOf"]
+    assert any(a.description == "put it on a beach" for a in step.actions)
+    out = tmp_path / "downloaded.jpg"
+    out.write_bytes(image)
+    assert read_recipe(out)["seed"] == 3
