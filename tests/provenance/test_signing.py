@@ -19,6 +19,7 @@ from kontext_studio.core.provenance import (
     CredentialConfig,
     sign_file,
     sign_output,
+    sign_tool_output,
     use_content_credentials,
 )
 from kontext_studio.core.provenance.inspect import inspect_provenance
@@ -155,3 +156,24 @@ def test_no_configured_signer_means_unsigned_with_a_note(photo: Path, tmp_path: 
     signed = sign_output(photo.read_bytes(), "png", ContentClaim())
     assert not signed.signed and signed.data == photo.read_bytes()
     assert "no signing identity is configured" in (signed.note or "")
+
+
+def test_tool_outputs_name_their_action_and_a_collage_composes_its_inputs(
+        credentials: ContentCredentials, photo: Path, tmp_path: Path) -> None:
+    edited = fake_edit(tmp_path, photo, "png")
+    crop = io.BytesIO()
+    Image.open(edited).crop((0, 0, 80, 80)).save(crop, format="JPEG")
+    cropped = sign_tool_output(crop.getvalue(), "jpeg", "crop", [edited], parameters={"preset": "1:1"})
+    newest, parent = inspect_provenance(cropped.data).history
+    assert [a.action for a in newest.actions] == ["c2pa.opened", "c2pa.cropped"] and parent.ai
+    grid = io.BytesIO()
+    Image.new("RGB", (160, 80)).save(grid, format="PNG")
+    collage = sign_tool_output(grid.getvalue(), "png", "collage", [cropped.data, photo])
+    report = inspect_provenance(collage.data)
+    newest = report.history[0]
+    assert [a.action for a in newest.actions] == ["c2pa.created", "c2pa.placed"]
+    assert [i.relationship for i in newest.ingredients] == ["componentOf", "componentOf"]
+    assert report.credentials == "trusted"
+    upscaled = sign_tool_output(crop.getvalue(), "jpeg", "upscale", [edited], ai=True, model="Real-ESRGAN x4plus")
+    (action,) = [a for a in inspect_provenance(upscaled.data).history[0].actions if a.action == "c2pa.resized"]
+    assert action.ai and action.model == "Real-ESRGAN x4plus"

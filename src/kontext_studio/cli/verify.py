@@ -42,7 +42,7 @@ def verify(
         signer = f" — signed by {step.signer}" if step.signer else ""
         when = f" on {step.signed_at}" if step.signed_at else ""
         out.print(f"  {i + 1}. {step.sentence()}{signer}{when}", highlight=False)
-    for failure in report.failures:
+    for failure in report.failures if report.credentials == "invalid" else []:
         out.print(f"  [red]✗[/] {failure}", highlight=False)
     if report.iptc_source_type:
         from kontext_studio.core.provenance.inspect import source_type_words

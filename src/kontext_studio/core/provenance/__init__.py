@@ -17,6 +17,7 @@ from kontext_studio.core.provenance.signing import (
     SignedOutput,
     sign_file,
     sign_output,
+    sign_tool_output,
 )
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "current_content_credentials",
     "sign_file",
     "sign_output",
+    "sign_tool_output",
     "use_content_credentials",
 ]

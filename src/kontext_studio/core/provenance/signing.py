@@ -81,6 +81,9 @@ class ContentClaim:
         tool: the tool's name, for non-AI and AI tools.
         parameters: extra JSON-ready parameters to record (seed, tier, tool settings...).
         title: the output's file name, if known.
+        derived: True when the output is a version of its first input (that input becomes the parent
+            ingredient); False when it is a new picture composed of its inputs (a collage: every input is
+            a component).
     """
 
     action: str = "c2pa.edited"
@@ -90,6 +93,7 @@ class ContentClaim:
     tool: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     title: str | None = None
+    derived: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,11 @@ def _version() -> str:
 
 
 def build_manifest(claim: ContentClaim, ingredient_count: int) -> dict[str, Any]:
-    """The manifest definition for ``claim`` with ``ingredient_count`` inputs (the first is the parent).
+    """The manifest definition for ``claim`` with ``ingredient_count`` inputs.
 
-    With a parent the actions open it and then apply the claim's action; without one the output is
-    created (by a model: trainedAlgorithmicMedia; otherwise digitalCreation).
+    A derived output opens its first input (the parent), places any others, then applies the claim's
+    action. Otherwise the output is created (by a model: trainedAlgorithmicMedia; else digitalCreation)
+    and every input is placed into it as a component.
     """
     agent = {"name": GENERATOR, "version": _version()}
     main: dict[str, Any] = {"action": claim.action, "softwareAgent": agent}
@@ -173,21 +178,28 @@ def build_manifest(claim: ContentClaim, ingredient_count: int) -> dict[str, Any]
     if claim.ai:
         main["digitalSourceType"] = TRAINED_ALGORITHMIC_MEDIA
     actions: list[dict[str, Any]] = []
-    if ingredient_count:
+    if ingredient_count and claim.derived:
         actions.append({"action": "c2pa.opened", "parameters": {"ingredientIds": ["ingredient-0"]}})
         if ingredient_count > 1:
             actions.append({"action": "c2pa.placed", "parameters": {
                 "ingredientIds": [f"ingredient-{i}" for i in range(1, ingredient_count)]}})
         if main["action"] == "c2pa.created":  # an output with inputs is an edit of the first one
             main["action"] = "c2pa.edited"
-    elif main["action"] != "c2pa.created":
-        actions.append({"action": "c2pa.created", "softwareAgent": agent,
-                        "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA if claim.ai else DIGITAL_CREATION})
-    elif not claim.ai:
-        main["digitalSourceType"] = DIGITAL_CREATION
+    else:
+        if main["action"] != "c2pa.created":
+            actions.append({"action": "c2pa.created", "softwareAgent": agent,
+                            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA if claim.ai else DIGITAL_CREATION})
+        else:
+            if not claim.ai:
+                main["digitalSourceType"] = DIGITAL_CREATION
+            actions.append(main)  # a creation comes first; the inputs are placed into it
+        if ingredient_count:
+            actions.append({"action": "c2pa.placed", "parameters": {
+                "ingredientIds": [f"ingredient-{i}" for i in range(ingredient_count)]}})
     if params:
         main["parameters"] = params
-    actions.append(main)
+    if not any(a is main for a in actions):
+        actions.append(main)
     manifest: dict[str, Any] = {
         "claim_generator_info": [agent],
         "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": actions}}],
@@ -207,7 +219,7 @@ class _SignerCache:
         self._context: Any = None
 
     def sign(self, identity: SigningIdentity, manifest: dict[str, Any], mime: str, data: bytes,
-             ingredients: Sequence[Ingredient]) -> bytes:
+             ingredients: Sequence[Ingredient], derived: bool = True) -> bytes:
         import c2pa
 
         key = (os.getpid(), id(identity))
@@ -219,16 +231,16 @@ class _SignerCache:
                 self._context = c2pa_context(identity.trust_anchors_pem)
             builder = c2pa.Builder(manifest, context=self._context)
             for i, ing in enumerate(ingredients):
-                _add_ingredient(builder, ing, i)
+                _add_ingredient(builder, ing, i, parent=derived)
             out = io.BytesIO()
             builder.sign(self._signer, mime, io.BytesIO(data), out)
             return out.getvalue()
 
 
-def _add_ingredient(builder: Any, ing: Ingredient, index: int) -> None:
+def _add_ingredient(builder: Any, ing: Ingredient, index: int, parent: bool = True) -> None:
     import c2pa
 
-    meta = {"title": ing.title, "relationship": "parentOf" if index == 0 else "componentOf",
+    meta = {"title": ing.title, "relationship": "parentOf" if index == 0 and parent else "componentOf",
             "label": f"ingredient-{index}"}
     mime = sniff_mime(ing.data)
     if mime is not None:
@@ -295,7 +307,7 @@ def sign_output(image: bytes, fmt: str, claim: ContentClaim,
     identity = creds.identity()
     items = [i if isinstance(i, Ingredient) else Ingredient.from_source(i) for i in ingredients]
     try:
-        data = _signers.sign(identity, build_manifest(claim, len(items)), mime, image, items)
+        data = _signers.sign(identity, build_manifest(claim, len(items)), mime, image, items, claim.derived)
     except c2pa.C2paError as exc:
         if "certificate" in str(exc).lower():
             raise CredentialsError(f"the C2PA library refused the signing certificate {identity.subject}: "
@@ -338,6 +350,51 @@ def sign_file(path: str | Path, claim: ContentClaim,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     return result
+
+
+# The C2PA action each built-in tool performs (a tool not listed records ``c2pa.edited``).
+TOOL_ACTIONS = {
+    "remove-background": "c2pa.edited", "replace-background": "c2pa.edited", "portrait-blur": "c2pa.filtered",
+    "upscale": "c2pa.resized", "denoise": "c2pa.filtered", "sharpen": "c2pa.filtered",
+    "auto-enhance": "c2pa.color_adjustments", "color-adjust": "c2pa.color_adjustments", "erase": "c2pa.edited",
+    "crop": "c2pa.cropped", "headshot": "c2pa.cropped", "rotate": "c2pa.orientation", "resize": "c2pa.resized",
+    "convert": "c2pa.transcoded", "compress": "c2pa.transcoded", "add-text": "c2pa.drawing",
+    "collage": "c2pa.created",
+}
+# Tools whose output is a new picture made of their inputs, rather than a version of the first one.
+COMPOSING_TOOLS = frozenset({"collage"})
+
+
+def sign_tool_output(image: bytes, fmt: str, tool: str,
+                     inputs: Sequence[Ingredient | str | Path | bytes | Image.Image] = (), *,
+                     ai: bool = False, model: str | None = None, description: str | None = None,
+                     parameters: dict[str, Any] | None = None, action: str | None = None,
+                     credentials: ContentCredentials | None = None) -> SignedOutput:
+    """Sign a tool's output (call it for tools that change pixels, on the final encoded bytes).
+
+    Args:
+        image: the encoded output (PNG, JPEG or WebP).
+        fmt: its format (``png``, ``jpeg``, ``webp``).
+        tool: the tool's name (``resize``, ``remove-background``...): it picks the C2PA action.
+        inputs: the tool's input images, the one it works on first (its manifest, if any, becomes the
+            parent, so an edited-then-tooled image keeps its history).
+        ai: True when a trained model made the new pixels (super-resolution, matting...).
+        model: that model's name.
+        description: what was done, in words.
+        parameters: the tool's settings, JSON-ready.
+        action: a C2PA action instead of the tool's usual one.
+        credentials: who signs; default the installation's.
+
+    Returns:
+        See :func:`sign_output` (``data`` is what to write; ``note`` says why it is unsigned, if it is).
+
+    Raises:
+        CredentialsError: the configured certificate or key cannot be used.
+    """
+    claim = ContentClaim(action=action or TOOL_ACTIONS.get(tool, "c2pa.edited"), model=model, ai=ai,
+                         description=description, tool=tool, parameters=dict(parameters or {}),
+                         derived=tool not in COMPOSING_TOOLS)
+    return sign_output(image, fmt, claim, inputs, credentials)
 
 
 def model_label(model: dict[str, Any] | str | None, tier: str | None = None) -> str | None:
