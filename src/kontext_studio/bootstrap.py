@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,15 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
 
 def content_credentials(settings: Settings) -> ContentCredentials:
     """The installation's content-credentials signer: an organisation's chain when ``signing_cert`` and
-    ``signing_key`` are set, else the local CA kept in ``home/credentials``."""
-    return ContentCredentials(CredentialConfig(folder=Path(settings.home) / "credentials",
-                                               cert_chain=settings.signing_cert, key=settings.signing_key))
+    ``signing_key`` are set, else the local CA kept in ``home/credentials``. One instance per configuration
+    and process, so its loaded chain and C2PA signer are reused."""
+    return _credentials_for(CredentialConfig(folder=Path(settings.home) / "credentials",
+                                             cert_chain=settings.signing_cert, key=settings.signing_key))
+
+
+@functools.lru_cache(maxsize=8)
+def _credentials_for(config: CredentialConfig) -> ContentCredentials:
+    return ContentCredentials(config)
 
 
 def install_content_credentials(settings: Settings) -> ContentCredentials:

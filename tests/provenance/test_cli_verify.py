@@ -15,6 +15,7 @@ from tests.provenance.tamper import TAMPER
 @pytest.fixture()
 def home_env(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     before = current_content_credentials()
+    use_content_credentials(None)  # commands find this installation's signer through the CLI's provider
     monkeypatch.setenv("KONTEXT_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("KONTEXT_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KONTEXT_SIGNING_CERT", raising=False)
@@ -86,3 +87,19 @@ def test_a_self_signed_certificate_in_the_environment_is_refused(home_env: Path,
     code, _, stderr = kontext("edit", photo, "in winter", "-o", tmp_path / "x.png", "--steps", "1")
     assert code == 3 and "self-signed" in stderr and "issued by a CA" in " ".join(stderr.split())
     assert not (tmp_path / "x.png").exists()
+
+
+def test_pixel_lock_output_is_signed_with_the_edit_as_parent(home_env: Path, photo: Path, tmp_path: Path) -> None:
+    edited = tmp_path / "edited.png"
+    assert kontext("edit", photo, "in winter", "-o", edited, "--steps", "1", "--seed", "2")[0] == 0
+    use_content_credentials(None)  # the pixel lock alone: no engine was built in this process
+    fixed = tmp_path / "fixed.png"
+    code, _, stderr = kontext("pixel-lock", photo, edited, "-o", fixed)
+    assert code == 0, stderr
+    code, stdout, _ = kontext("verify", fixed, "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["credentials"] == "trusted"
+    newest, parent = report["history"]
+    assert newest["ai"] is False and "pixel-lock" in newest["sentence"]
+    assert [i["relationship"] for i in newest["ingredients"]] == ["parentOf", "componentOf"]
+    assert parent["ai"] is True

@@ -14,8 +14,9 @@ from kontext_studio.bootstrap import build_editor, model_source, with_overrides
 from kontext_studio.cli.output import err, handles_errors, out, print_json, progress_bars
 from kontext_studio.cli.plan import plan as plan_command
 from kontext_studio.cli.train import app as train_app
-from kontext_studio.cli.verify import verify
+from kontext_studio.cli.verify import installation_credentials, verify
 from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.provenance.credentials import provide_content_credentials
 from kontext_studio.core.recipe import format_for_path, read_recipe
 from kontext_studio.core.registry import TIERS
 from kontext_studio.core.resolution import ASPECT_PRESETS
@@ -407,12 +408,14 @@ def pixel_lock_cmd(
     """Undo drift (shift, zoom, colour cast) outside the edited area of EDITED, keeping the edit."""
     from kontext_studio.analysis.pixel_lock import pixel_lock
     from kontext_studio.core.images import load_reference
+    from kontext_studio.core.provenance import ContentClaim, sign_file
 
     a, b = load_reference(Reference(original), 0), load_reference(Reference(edited), 1)
     m = load_reference(Reference(mask), 2).image.convert("L") if mask else None
     result = pixel_lock(a.image, b.image, mode="auto", mask=m)
     output.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(output)
+    sign_file(output, ContentClaim(action="c2pa.edited", ai=False, tool="pixel-lock"), [edited, original])
     if as_json:
         print_json({"output": str(output), **result.as_dict()})
         return
@@ -474,6 +477,7 @@ app.add_typer(admin, name="admin")
 app.add_typer(train_app, name="train-lora")
 app.command("plan")(plan_command)
 app.command()(verify)
+provide_content_credentials(installation_credentials)  # every command's outputs are signed by this installation
 
 
 def _accounts() -> Any:

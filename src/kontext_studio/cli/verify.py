@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kontext_studio.cli.output import handles_errors, out, print_json
 
+if TYPE_CHECKING:
+    from kontext_studio.core.provenance.credentials import ContentCredentials
+
 # Exit codes scripts can rely on: 0 the manifest validates; 1 it fails (changed after signing);
 # 4 there is no manifest (or it could not be checked). Bad input exits 2 like every command.
 EXIT_INVALID, EXIT_NO_CREDENTIALS = 1, 4
+
+
+def installation_credentials() -> ContentCredentials:
+    """The signer of this installation (from the environment), for every output a command writes."""
+    from kontext_studio.bootstrap import content_credentials
+    from kontext_studio.settings import Settings
+
+    return content_credentials(Settings.from_env())
 
 
 @handles_errors
@@ -23,11 +34,9 @@ def verify(
 
     Exits 0 when its manifest validates, 1 when it fails validation, 4 when it has none.
     """
-    from kontext_studio.bootstrap import content_credentials
     from kontext_studio.core.provenance.inspect import inspect_provenance
-    from kontext_studio.settings import Settings
 
-    report = inspect_provenance(image, content_credentials(Settings.from_env()))
+    report = inspect_provenance(image, installation_credentials())
     code = 0 if report.validates else EXIT_INVALID if report.credentials == "invalid" else EXIT_NO_CREDENTIALS
     if as_json:
         print_json(report.to_dict())

@@ -9,6 +9,7 @@ from kontext_studio.core.provenance.credentials import (
     CredentialsError,
     check_signing_chain,
     current_content_credentials,
+    provide_content_credentials,
     use_content_credentials,
 )
 from kontext_studio.core.provenance.signing import (
@@ -29,6 +30,7 @@ __all__ = [
     "SignedOutput",
     "check_signing_chain",
     "current_content_credentials",
+    "provide_content_credentials",
     "sign_file",
     "sign_output",
     "sign_tool_output",

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -424,14 +425,25 @@ class ContentCredentials:
 
 
 _current: ContentCredentials | None = None
+_provider: Callable[[], ContentCredentials | None] | None = None
 
 
 def use_content_credentials(credentials: ContentCredentials | None) -> None:
-    """Make ``credentials`` the signer of every output this process writes (None: outputs go unsigned)."""
+    """Make ``credentials`` the signer of every output this process writes (None: outputs go unsigned,
+    unless a provider is registered)."""
     global _current
     _current = credentials
 
 
+def provide_content_credentials(provider: Callable[[], ContentCredentials | None] | None) -> None:
+    """Register where the signer comes from when none was installed with :func:`use_content_credentials`
+    (a face registers one that reads its configuration when an output is first signed)."""
+    global _provider
+    _provider = provider
+
+
 def current_content_credentials() -> ContentCredentials | None:
-    """The credentials installed with :func:`use_content_credentials`, if any."""
-    return _current
+    """The installed credentials, else the registered provider's, else None."""
+    if _current is not None:
+        return _current
+    return _provider() if _provider is not None else None
