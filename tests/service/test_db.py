@@ -49,6 +49,9 @@ TABLES = {
     "series",
     "training_runs",
     "user_loras",
+    # the library's favourites and share links (0007)
+    "library_marks",
+    "share_links",
 }
 
 

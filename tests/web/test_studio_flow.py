@@ -109,17 +109,20 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     expect(page.get_by_test_id("turn").nth(1)).to_contain_text(re.compile(r"Turn 2 · drift \d\.\d\d"))
     shot(page, "04-studio-session-strip")
 
-    # History: both edits, searchable by prompt and filterable by tier; the recipe page shows seed 7.
+    # Library: every edit, searchable by prompt and filterable by kind; the recipe page shows seed 7.
     page.get_by_role("link", name="Library", exact=True).click()
-    expect(page.get_by_test_id("history-item").nth(1)).to_be_visible()
+    expect(page).to_have_url(re.compile("/library"))
+    expect(page.get_by_test_id("library-item").nth(2)).to_be_visible()
     page.fill("#q", "snowy")
-    expect(page.get_by_test_id("history-item")).to_have_count(1)
+    expect(page.get_by_test_id("library-item")).to_have_count(1)
     page.fill("#q", "")
-    page.select_option("#tier", "fast")
-    expect(page.get_by_test_id("history-item").first).to_be_visible()
+    page.select_option("#kind", "session")
+    expect(page.get_by_test_id("library-item").first).to_contain_text("snowy")
+    page.select_option("#kind", "")
+    expect(page.get_by_test_id("library-item").nth(2)).to_be_visible()
     page.wait_for_function("Array.from(document.querySelectorAll('.gallery img'))"
                            ".every(img => img.complete && img.naturalWidth > 0)")  # thumbnails load
-    shot(page, "05-history")
+    shot(page, "05-library")
     page.locator(f'[data-id="{first_id}"] a').click()
     expect(page.get_by_test_id("recipe")).to_contain_text("seed")
     expect(page.get_by_test_id("recipe")).to_contain_text("7")

@@ -97,15 +97,28 @@ def test_series_grid_and_contact_sheet(page: Any, studio: Studio, tmp_path: Path
     page.goto(studio.url + "/series")
     page.set_input_files("#file-input", str(picture(tmp_path / "hero.png", (180, 60, 60))))
     expect(page.get_by_test_id("ref")).to_have_count(1)
-    page.fill("#scenes", "on a beach at sunset\nin a snowy forest\nas an oil painting")
+    expect(page.get_by_test_id("contact-sheet")).to_be_hidden()  # no sheet before there are scenes
+    page.fill("#scenes", "# holiday set\non a beach at sunset\n\nin a snowy forest\n# not a scene\nas an oil painting")
+    page.select_option("#series-aspect", "1:1")
     page.select_option("#series-tier", "fast")
     page.fill("#series-seed", "5")
-    page.get_by_role("button", name="Render series").click()
+    expect(page.get_by_test_id("series-submit")).to_have_text("Render 3 scenes · 12 credits")
+    page.get_by_test_id("series-submit").click()
     scenes = page.get_by_test_id("scene")
     expect(scenes).to_have_count(3)
     for i in range(3):
         expect(scenes.nth(i)).to_have_attribute("data-status", "succeeded", timeout=30_000)
         expect(scenes.nth(i)).to_contain_text("seed 5")
+    assert [scenes.nth(i).locator(".caption").inner_text() for i in range(3)] == [
+        "1. on a beach at sunset", "2. in a snowy forest", "3. as an oil painting"]  # comments are not scenes
+    # Each scene downloads on its own, square as asked.
+    with page.expect_download() as one:
+        scenes.nth(1).get_by_test_id("scene-download").click()
+    scene_path = one.value.path()
+    assert scene_path is not None
+    from PIL import Image
+    with Image.open(scene_path) as im:
+        assert im.width == im.height
     sheet = page.get_by_test_id("contact-sheet")
     expect(sheet).to_be_visible()
     with page.expect_download() as download:
@@ -126,6 +139,11 @@ def test_api_key_is_shown_once_and_revoked(page: Any, studio: Studio, shot: Call
     expect(page.get_by_text("No API keys yet")).to_have_count(0)
     shot(page, "11-account-new-key")
     row = page.locator("tr", has_text="script on my laptop")
+    page.once("dialog", lambda d: d.dismiss())  # asked first: dismissing keeps the key
+    row.get_by_role("button", name="Revoke").click()
+    expect(row.locator(".state")).to_have_text("active")
+    assert httpx.get(studio.url + "/v1/account", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    page.once("dialog", lambda d: d.accept())
     row.get_by_role("button", name="Revoke").click()
     expect(row.locator(".state")).to_have_text("revoked")
     assert httpx.get(studio.url + "/v1/account", headers={"Authorization": f"Bearer {key}"}).status_code == 401

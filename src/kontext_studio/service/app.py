@@ -26,6 +26,7 @@ from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.api.library import library_router
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.openapi import publish_complete_schema
 from kontext_studio.service.api.problems import (
@@ -41,6 +42,7 @@ from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.reaper import Reaper
 from kontext_studio.service.jobs.worker import InProcessWorker
+from kontext_studio.service.library import SqlLibrary
 from kontext_studio.service.security.remote_images import ImageFetcher
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked, safe_client
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited, sniff_image
@@ -473,6 +475,9 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         envelope_for=lambda request, job: envelope(base_of(request), job),
         file_url_for=lambda request, key: file_url(base_of(request), key), owns_file=files.owns,
         submit=submit_for_studio, free=free))
+    app.state.library = SqlLibrary(sessions, secret)
+    app.include_router(library_router(app.state.library, sessions, current_user,
+                                      lambda request, key: file_url(base_of(request), key)))
     mount_studio(app, auth=studio_auth, accounts=accounts, jobs=jobs, editor=editor, free=free,
                  file_url_for=lambda request, key: file_url(base_of(request), key))
 

@@ -18,18 +18,18 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import KontextError
 from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
-from kontext_studio.service.api.studio import ROLES, search_jobs
-from kontext_studio.service.db import Job, JobStatus, LedgerEntry
+from kontext_studio.service.api.studio import ROLES
+from kontext_studio.service.db import Job, JobStatus
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.web.auth import COOKIE, CsrfRejected, StudioAuth, StudioSession, is_cross_site
 from kontext_studio.web.extras import mount_extras
+from kontext_studio.web.pages import mount_pages
 from kontext_studio.web.view import EXAMPLES, T2I_REASON, model_card, samples
 
 HERE = Path(__file__).parent
@@ -156,21 +156,18 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         page = signed_in(request)
         if isinstance(page, Response):
             return page
-        return render(request, page, "series.html", tiers=tiers(), roles=ROLES)
+        cards = tiers()
+        ready = [c["name"] for c in cards if c["configured"]]
+        return render(request, page, "series.html", tiers=cards, roles=ROLES, aspects=ASPECTS,
+                      default_tier="dev" if "dev" in ready else (ready[0] if ready else "dev"))
 
-    @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
-    def history(request: Request, q: str = "", tier: str = "", status: str = "") -> Response:
-        page = signed_in(request)
-        if isinstance(page, Response):
-            return page
-        error = None
-        try:
-            found = search_jobs(jobs.readers, page.user.id, q=q or None, tier=tier or None, status=status or None)
-        except KontextError as exc:
-            found, error = [], str(exc)
-        template = "_history_results.html" if request.headers.get("hx-request") else "history.html"
-        return render(request, page, template, items=[card(request, j) for j in found], q=q, tier=tier,
-                      status=status, tiers=list(TIERS), statuses=[s.value for s in JobStatus], error=error)
+    @app.get("/history", include_in_schema=False)
+    def history(request: Request) -> Response:
+        target = "/library" + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(target, status_code=308)
+
+    mount_pages(app, templates=templates, render=render, signed_in=signed_in, accounts=accounts, jobs=jobs,
+                file_url_for=file_url_for)
 
     @app.get("/predictions/{prediction_id}", response_class=HTMLResponse, include_in_schema=False)
     def prediction_page(request: Request, prediction_id: str) -> Response:
@@ -190,19 +187,6 @@ def mount_studio(app: FastAPI, *, auth: StudioAuth, accounts: SqlAccounts, jobs:
         return render(request, page, "prediction.html", job=card(request, job), settings=settings,
                       recipe=recipe or None, warnings=(job.output or {}).get("warnings") or [], inputs=inputs,
                       output_size=recipe.get("output_size") or [320, 320])
-
-    @app.get("/account", response_class=HTMLResponse, include_in_schema=False)
-    def account(request: Request) -> Response:
-        page = signed_in(request)
-        if isinstance(page, Response):
-            return page
-        mine = (f"user:{page.user.id}:available", f"user:{page.user.id}:held")
-        with jobs.readers() as s:
-            rows = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
-                             .order_by(LedgerEntry.id.desc()).limit(200)).all()
-            ledger = [{"id": e.id, "job_id": e.job_id, "account": e.account.rsplit(":", 1)[-1],
-                       "amount": e.amount, "kind": e.kind, "created_at": e.created_at} for e in rows]
-        return render(request, page, "account.html", keys=accounts.list_api_keys(page.user.id), ledger=ledger)
 
     @app.get("/studio/coach", response_class=HTMLResponse, include_in_schema=False)
     def coach_hints(request: Request, prompt: str = "", references: int = 1, roles: str = "") -> Response:

@@ -630,6 +630,7 @@ function batchFinished() {
     const pred = studio.batch[0];
     setStatus(`Done in ${((pred.metrics || {}).predict_time || 0).toFixed(1)} s · ${pred.cost} credits.`);
     showResult(pred);
+    $("#job").hidden = true;  // the result bar says it all; the picture stays clear
   } else {
     const cost = good.reduce((s, p) => s + (p.cost || 0), 0);
     setStatus(`Done: ${good.length} of ${studio.batch.length} variations · ${cost} credits. Choose one to continue.`);
@@ -719,7 +720,9 @@ function showResult(pred) {
   tryModel.disabled = !tryModel.children.length;
   $("#try-go").disabled = !tryModel.children.length;
   if (!tryModel.children.length) tryModel.append(el("option", {text: "No other model here"}));
+  $("#back-to-grid").hidden = studio.batch.length < 2;
   $("#result").hidden = false;
+  fitCanvas();
 }
 
 function setCompare(v) {
@@ -924,6 +927,7 @@ function setupStudio() {
   $("#new-seed").addEventListener("click", () => again(1));
   $("#more-variations").addEventListener("click", () => again(4));
   $("#try-go").addEventListener("click", tryAnotherModel);
+  $("#back-to-grid").addEventListener("click", () => { showGrid(); $("#job").hidden = false; });
   $("#undo").addEventListener("click", undo);
   document.addEventListener("click", (e) => {
     const btn = e.target.closest("[data-rewrite]");
@@ -941,16 +945,36 @@ function setupStudio() {
 }
 
 // ---- series -----------------------------------------------------------------------------------------
+// One scene per line; lines starting with # are comments (as in the command line's scene files).
+function sceneLines() {
+  return $("#scenes").value.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+}
+
+function updateSeriesPrice() {
+  const n = sceneLines().length;
+  $("#scene-count").textContent = `${n} scene${n === 1 ? "" : "s"}`;
+  const opt = $("#series-tier").selectedOptions[0];
+  const each = opt ? Number(opt.dataset.price) : 0;
+  const paid = document.querySelector(".credits strong");
+  $("#series-submit").textContent = n ? `Render ${n} scene${n === 1 ? "" : "s"} · ${paid ? `${each * n} credits` : "free"}`
+    : "Render series";
+}
+
 function setupSeries() {
   const form = $("#series-form");
   if (!form) return;
+  $("#scenes").addEventListener("input", updateSeriesPrice);
+  $("#series-tier").addEventListener("change", updateSeriesPrice);
+  updateSeriesPrice();
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     showError($("#form-error"), "");
-    const scenes = $("#scenes").value.split("\n").map((s) => s.trim()).filter(Boolean);
+    const scenes = sceneLines();
     if (!refs.length) { showError($("#form-error"), "Add at least one reference photo first."); return; }
-    if (!scenes.length) { showError($("#form-error"), "Type at least one scene, one per line."); return; }
+    if (!scenes.length) { showError($("#form-error"), "Type at least one scene, one per line (lines starting with # are comments)."); return; }
     const input = refsInput();
+    const aspect = $("#series-aspect").value;
+    if (aspect !== "match_input_image") input.aspect_ratio = aspect;
     const seed = $("#series-seed").value.trim();
     if (seed) input.seed = Number(seed);
     let series;
@@ -975,40 +999,154 @@ async function pollSeries(series) {
 function renderSeries(series) {
   const grid = $("#series-grid");
   grid.replaceChildren();
+  $("#series-empty").hidden = series.items.length > 0;
   series.items.forEach((it, i) => {
-    const li = document.createElement("li");
-    li.className = "tile";
-    li.setAttribute("data-testid", "scene");
-    li.dataset.status = it.status;
-    const thumb = document.createElement("span");
-    thumb.className = "thumb";
+    const thumb = el("span", {class: "thumb"});
     if (it.output) {
-      const img = document.createElement("img");
-      img.src = it.output;
-      img.alt = `Scene ${i + 1}: ${it.prompt}`;
-      img.width = 160;
-      img.height = 160;
-      thumb.append(img);
+      thumb.append(el("img", {src: it.output, alt: `Scene ${i + 1}: ${it.prompt}`, width: 180, height: 180}));
     } else {
-      const box = document.createElement("span");
-      box.className = `status-box ${it.status}`;
-      box.textContent = it.status === "processing" ? `${Math.round(it.progress * 100)} %` : it.status;
-      thumb.append(box);
+      thumb.append(el("span", {class: `status-box ${it.status}`,
+                               text: it.status === "processing" ? `${Math.round(it.progress * 100)} %` : it.status}));
     }
-    const cap = document.createElement("span");
-    cap.className = "caption";
-    cap.textContent = `${i + 1}. ${it.prompt}`;
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    meta.textContent = it.similarity === null || it.similarity === undefined ? `seed ${it.seed ?? "…"}`
-      : `seed ${it.seed} · identity ${it.similarity.toFixed(2)}`;
-    li.append(thumb, cap, meta);
+    const meta = el("span", {class: "meta", text: it.similarity === null || it.similarity === undefined
+      ? `seed ${it.seed ?? "…"}` : `seed ${it.seed} · identity ${it.similarity.toFixed(2)}`});
+    const li = el("li", {class: "tile", "data-testid": "scene", "data-status": it.status}, thumb,
+                  el("span", {class: "caption", text: `${i + 1}. ${it.prompt}`}), meta);
+    if (it.output) {
+      li.append(el("a", {class: "button-like small", href: it.output, download: `scene-${i + 1}.png`,
+                         "data-testid": "scene-download", "aria-label": `Download scene ${i + 1}`, text: "Download"}));
+    }
     grid.append(li);
   });
   const sheet = $("#contact-sheet");
   const anyDone = series.items.some((it) => it.status === "succeeded");
-  sheet.hidden = !(series.done && anyDone);
+  sheet.hidden = !(series.done && anyDone);  // only once there are scenes to put on it
   sheet.href = series.urls.contact_sheet;
+}
+
+// ---- library ----------------------------------------------------------------------------------------
+function libraryQuery() {
+  const p = new URLSearchParams();
+  const q = $("#q").value.trim();
+  if (q) p.set("q", q);
+  if ($("#kind").value) p.set("kind", $("#kind").value);
+  if ($("#favourites").checked) p.set("favourites", "true");
+  return p.toString();
+}
+
+async function loadLibrary() {
+  const query = libraryQuery();
+  history.replaceState(null, "", `/library${query ? "?" + query : ""}`);
+  let found;
+  try { found = (await api("GET", `/v1/library?${query}`)).results; } catch (err) {
+    showError($("#library-error"), err.message);
+    return;
+  }
+  showError($("#library-error"), "");
+  const list = $("#library");
+  list.replaceChildren(...found.map(libraryTile));
+  $("#library-status").textContent = found.length ? `${found.length} picture${found.length === 1 ? "" : "s"}`
+    : (query ? "Nothing matches." : "Nothing here yet: your edits, series and sessions will appear here.");
+}
+
+function libraryTile(it) {
+  const thumb = el("span", {class: "thumb"});
+  if (it.output) thumb.append(el("img", {src: it.output, alt: `Result of: ${it.prompt}`, width: 180, height: 180, loading: "lazy"}));
+  else thumb.append(el("span", {class: `status-box ${it.status}`, text: it.status}));
+  const link = el("a", {href: `/predictions/${it.id}`}, thumb, el("span", {class: "caption", text: it.prompt || "(no prompt)"}));
+  const meta = el("span", {class: "meta"}, el("span", {class: "pill", text: it.kind}),
+                  el("span", {class: "pill", text: it.model.replace("flux-kontext-", "")}));
+  if (it.status !== "succeeded") meta.append(el("span", {class: `pill ${it.status}`, text: it.status}));
+  const fav = el("button", {type: "button", class: "small fav", "aria-pressed": it.favourite ? "true" : "false",
+                            "aria-label": `Favourite: ${it.prompt}`, "data-testid": "favourite", text: it.favourite ? "★" : "☆"});
+  fav.addEventListener("click", async () => {
+    const now = fav.getAttribute("aria-pressed") !== "true";
+    try {
+      await api("PUT", `/v1/library/${it.id}/favourite`, {favourite: now});
+      fav.setAttribute("aria-pressed", String(now));
+      fav.textContent = now ? "★" : "☆";
+    } catch (err) { showError($("#library-error"), err.message); }
+  });
+  const remove = el("button", {type: "button", class: "small danger", "data-testid": "remove",
+                               "aria-label": `Remove from library: ${it.prompt}`, text: "Remove"});
+  remove.addEventListener("click", async () => {
+    if (!window.confirm("Remove this picture from your library? Its share link stops working.")) return;
+    try { await api("DELETE", `/v1/library/${it.id}`); li.remove(); } catch (err) { showError($("#library-error"), err.message); }
+  });
+  const actions = el("div", {class: "actions"}, fav);
+  const panel = el("div", {class: "share-panel", hidden: true, "data-testid": "share-panel"});
+  if (it.output) {
+    const shareBtn = el("button", {type: "button", class: "small", "aria-expanded": "false", "data-testid": "share",
+                                   "aria-label": `Share: ${it.prompt}`, text: it.share ? "Shared" : "Share"});
+    shareBtn.addEventListener("click", () => {
+      panel.hidden = !panel.hidden;
+      shareBtn.setAttribute("aria-expanded", String(!panel.hidden));
+    });
+    actions.append(shareBtn);
+    sharePanel(panel, it, shareBtn);
+  }
+  actions.append(remove);
+  const li = el("li", {class: "tile", "data-testid": "library-item", "data-id": it.id}, link, meta, actions, panel);
+  return li;
+}
+
+function sharePanel(panel, it, shareBtn) {
+  const n = it.id;
+  const prompt = el("input", {type: "checkbox", id: `sp-${n}`});
+  const model = el("input", {type: "checkbox", id: `sm-${n}`});
+  prompt.checked = !!(it.share && it.share.show_prompt);
+  model.checked = !!(it.share && it.share.show_model);
+  const url = el("input", {type: "url", readonly: true, id: `su-${n}`, "data-testid": "share-url", "aria-label": "Public link"});
+  const status = el("span", {class: "muted tiny-text", "aria-live": "polite"});
+  const make = el("button", {type: "button", class: "small primary", "data-testid": "share-create"});
+  const copy = el("button", {type: "button", class: "small", "data-testid": "share-copy", text: "Copy link"});
+  const revoke = el("button", {type: "button", class: "small danger", "data-testid": "share-revoke", text: "Stop sharing"});
+  const sync = () => {
+    url.value = it.share ? it.share.url : "";
+    url.hidden = copy.hidden = revoke.hidden = !it.share;
+    make.textContent = it.share ? "Update link" : "Create public link";
+    shareBtn.textContent = it.share ? "Shared" : "Share";
+  };
+  make.addEventListener("click", async () => {
+    try {
+      it.share = await api("POST", `/v1/library/${it.id}/share`, {show_prompt: prompt.checked, show_model: model.checked});
+      sync();
+      status.textContent = "Anyone with the link sees this picture" + (prompt.checked || model.checked ? " and what you ticked." : " only.");
+    } catch (err) { status.textContent = err.message; }
+  });
+  copy.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(url.value); status.textContent = "Copied."; } catch (err) {
+      url.select();
+      status.textContent = "Select the link and copy it (the browser did not allow copying).";
+    }
+  });
+  revoke.addEventListener("click", async () => {
+    try {
+      await api("DELETE", `/v1/shares/${it.share.id}`);
+      it.share = null;
+      sync();
+      status.textContent = "The link is switched off: it shows nothing any more.";
+    } catch (err) { status.textContent = err.message; }
+  });
+  panel.append(
+    el("p", {class: "tiny-text muted", text: "The public page shows the picture; tick what else it may show."}),
+    el("label", {class: "small-text"}, prompt, " the instruction"), el("label", {class: "small-text"}, model, " the model"),
+    el("div", {class: "actions"}, make, copy, revoke), url, status);
+  sync();
+}
+
+function setupLibrary() {
+  const form = $("#library-filters");
+  if (!form) return;
+  const params = new URLSearchParams(location.search);
+  $("#kind").value = params.get("kind") || "";
+  $("#favourites").checked = params.get("favourites") === "true";
+  let timer = null;
+  form.addEventListener("submit", (e) => { e.preventDefault(); loadLibrary(); });
+  $("#q").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(loadLibrary, 250); });
+  $("#kind").addEventListener("change", loadLibrary);
+  $("#favourites").addEventListener("change", loadLibrary);
+  loadLibrary();
 }
 
 // ---- account ----------------------------------------------------------------------------------------
@@ -1021,22 +1159,28 @@ function setupAccount() {
     try {
       const k = await api("POST", "/v1/account/keys", {name: $("#key-name").value});
       $("#new-key-value").textContent = k.key;
+      $("#copy-status").textContent = "";
       $("#new-key").hidden = false;
-      const tr = document.createElement("tr");
-      tr.dataset.keyId = k.id;
-      tr.innerHTML = "<td></td><td><code></code></td><td>just now</td><td>never</td><td class='state'>active</td>"
-        + "<td><button type='button' class='small'>Revoke</button></td>";
-      tr.children[0].textContent = k.name || "—";
-      tr.querySelector("code").textContent = k.prefix;
-      tr.querySelector("button").dataset.revoke = k.id;
+      const revoke = el("button", {type: "button", class: "small danger", "data-revoke": k.id, "data-name": k.name || k.prefix,
+                                   text: "Revoke"});
+      const tr = el("tr", {"data-key-id": k.id}, el("td", {text: k.name || "—"}),
+                    el("td", {}, el("code", {text: `${k.prefix}…`}), " ", el("span", {class: "state pill", text: "active"})),
+                    el("td", {class: "small-text", text: "never"}), el("td", {}, revoke));
       const empty = $("#keys-body tr.empty");
       if (empty) empty.remove();
       $("#keys-body").append(tr);
     } catch (err) { showError($("#key-error"), err.message); }
   });
+  $("#copy-key").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("#new-key-value").textContent);
+      $("#copy-status").textContent = "Copied.";
+    } catch (err) { $("#copy-status").textContent = "Select the key and copy it (the browser did not allow copying)."; }
+  });
   document.addEventListener("click", async (e) => {
     const btn = e.target.closest("[data-revoke]");
     if (!btn) return;
+    if (!window.confirm(`Revoke the key "${btn.dataset.name}"? Scripts using it stop working at once.`)) return;
     try {
       await api("DELETE", `/v1/account/keys/${btn.dataset.revoke}`);
       const row = btn.closest("tr");
@@ -1051,5 +1195,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setupStudio();
   setupMask();
   setupSeries();
+  setupLibrary();
   setupAccount();
 });
