@@ -43,6 +43,9 @@ def test_stored_prediction_output_is_signed_by_this_installation(settings: Setti
         done = client.wait(r.json()["id"])
         assert done["status"] == "succeeded", done
         image = client.http.get(done["output"]).content
+        as_webp = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/webp/"))
+        bad_format = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/gif/"))
+        bad_sig = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/png/").replace("sig=", "sig=x"))
     report = inspect_provenance(image, credentials=content_credentials(settings))
     assert report.credentials == "trusted", report.summary
     (step,) = report.history
@@ -51,3 +54,13 @@ def test_stored_prediction_output_is_signed_by_this_installation(settings: Setti
     out = tmp_path / "downloaded.jpg"
     out.write_bytes(image)
     assert read_recipe(out)["seed"] == 3
+
+    # A download in another format keeps the recipe and the history: a transcode whose parent is the edit.
+    assert as_webp.status_code == 200 and as_webp.headers["content-type"] == "image/webp"
+    converted = inspect_provenance(as_webp.content, credentials=content_credentials(settings))
+    assert converted.credentials == "trusted" and converted.format == "WEBP"
+    newest, parent = converted.history
+    assert [a.action for a in newest.actions] == ["c2pa.opened", "c2pa.transcoded"] and parent.ai
+    assert converted.recipe is not None and converted.recipe["seed"] == 3
+    assert bad_format.status_code == 422 and "png, jpeg or webp" in bad_format.json()["detail"]
+    assert bad_sig.status_code == 403

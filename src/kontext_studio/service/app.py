@@ -26,6 +26,7 @@ from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.api.credentials import credentials_router
 from kontext_studio.service.api.library import library_router
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.api.openapi import publish_complete_schema
@@ -487,5 +488,6 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         unavailable=("LoRA training runs on a single-machine server (no KONTEXT_BROKER_URL); this server sends "
                      "jobs to Celery workers. Train with `kontext train-lora run` on a GPU machine, or on a "
                      "server without a broker") if dispatcher is not None else None))
+    app.include_router(credentials_router(storage, services.signer.verify))
     publish_complete_schema(app)
     return app

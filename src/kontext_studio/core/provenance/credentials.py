@@ -49,6 +49,7 @@ class CredentialsError(KontextError):
 
     code = "invalid_credentials"
     exit_code = 3
+    http_status = 503  # a server set-up problem, not the client's
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""Downloads in another format that keep the output's content credentials.
+
+``GET /v1/convert/{format}/{key}?expires=…&sig=…`` takes the same signed query as the file's own URL (so a
+link to a file is also a link to its conversions) and returns the file re-encoded as PNG, JPEG or WebP with
+its recipe, its IPTC mark and a C2PA manifest that names the original as its parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+
+from kontext_studio.core.provenance.convert import FORMATS, convert_output
+from kontext_studio.service.storage.storage_base import Storage
+
+MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+def credentials_router(storage: Storage, verify_url: Callable[[str, int, str], None]) -> APIRouter:
+    """The conversion route.
+
+    Args:
+        storage: where outputs are kept.
+        verify_url: checks a file URL's ``expires`` and ``sig`` for a key (raises ``SignatureError``: 403).
+
+    Returns:
+        The router to include in the app.
+    """
+    router = APIRouter(tags=["files"])
+
+    @router.get("/v1/convert/{fmt}/{key:path}", name="convert_file",
+                responses={200: {"content": {m: {} for m in sorted(set(MEDIA.values()))}}})
+    async def convert_file(fmt: str, key: str, expires: int, sig: str) -> Response:
+        """A stored image re-encoded as ``png``, ``jpeg`` or ``webp``, keeping its recipe and signed with
+        this installation's content credentials (the original is the manifest's parent)."""
+        verify_url(key, expires, sig)
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            from kontext_studio.core.errors import InvalidRequest
+
+            raise InvalidRequest(f"format must be png, jpeg or webp; got {fmt!r}", field="format")
+        data = storage.get(key)
+        converted = await run_in_threadpool(convert_output, data, fmt)
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=600"}
+        if converted.note:
+            headers["X-Content-Credentials"] = "unsigned"
+        return Response(converted.data, media_type=MEDIA[fmt], headers=headers)
+
+    return router
