@@ -177,3 +177,15 @@ def test_tool_outputs_name_their_action_and_a_collage_composes_its_inputs(
     upscaled = sign_tool_output(crop.getvalue(), "jpeg", "upscale", [edited], ai=True, model="Real-ESRGAN x4plus")
     (action,) = [a for a in inspect_provenance(upscaled.data).history[0].actions if a.action == "c2pa.resized"]
     assert action.ai and action.model == "Real-ESRGAN x4plus"
+
+
+@pytest.mark.parametrize("fmt", ["avif", "tiff", "gif"])
+def test_other_formats_a_tool_can_write_are_signed_too(fmt: str, credentials: ContentCredentials,
+                                                       photo: Path) -> None:
+    buf = io.BytesIO()
+    Image.open(photo).save(buf, format=fmt.upper())
+    signed = sign_tool_output(buf.getvalue(), fmt, "convert", [photo])
+    assert signed.signed, signed.note
+    report = inspect_provenance(signed.data)
+    assert report.credentials == "trusted" and report.format == fmt.upper()
+    assert Image.open(io.BytesIO(signed.data)).size == (160, 120)  # still a picture every reader opens

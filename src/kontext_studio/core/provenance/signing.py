@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 DIGITAL_CREATION = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCreation"
 GENERATOR = "Kontext Studio"
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif",
+        "heic": "image/heic", "heif": "image/heif", "tiff": "image/tiff", "tif": "image/tiff", "gif": "image/gif"}
 NOT_INSTALLED = ("content credentials were not added: the c2pa-python package is not installed "
                  "(run `make install`, or pip install 'kontext-studio[credentials]')")
 _warned: set[str] = set()
@@ -63,7 +64,7 @@ class Ingredient:
         if isinstance(source, bytes | bytearray):
             return cls(bytes(source), title or "input")
         buf = io.BytesIO()
-        source.save(buf, format="PNG")
+        source.save(buf, format="PNG", compress_level=1)  # only hashed for the manifest: speed over size
         return cls(buf.getvalue(), title or "input")
 
 
@@ -276,8 +277,8 @@ def sign_output(image: bytes, fmt: str, claim: ContentClaim,
     Call it on the final bytes (after the recipe and XMP are written): the manifest hashes them.
 
     Args:
-        image: the encoded output (PNG, JPEG or WebP).
-        fmt: its format: ``png``, ``jpeg``/``jpg`` or ``webp`` (an ``OutputFormat`` works too).
+        image: the encoded output (PNG, JPEG, WebP; AVIF, HEIC, TIFF and GIF work too).
+        fmt: its format: ``png``, ``jpeg``/``jpg``, ``webp``, ``avif``... (an ``OutputFormat`` works too).
         claim: what the output states (action, model, AI or not, description).
         ingredients: the input images, the one the output derives from first; paths, bytes, PIL images
             or :class:`Ingredient`.
