@@ -119,3 +119,31 @@ def test_bring_your_own_with_a_missing_file_or_half_the_settings(tmp_path: Path,
     half = ContentCredentials(CredentialConfig(folder=tmp_path, cert_chain=chain))
     with pytest.raises(CredentialsError, match="private key is not set"):
         half.identity()
+
+
+def test_a_local_signer_near_expiry_is_renewed_under_the_same_ca(credentials: ContentCredentials,
+                                                                 tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    folder = credentials.folder
+    credentials.identity()
+    before = sign_output(png_bytes(), "png", ContentClaim(), credentials=credentials)
+    ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+    old = x509.load_pem_x509_certificates((folder / "signer.pem").read_bytes())[0]
+    key = serialization.load_pem_private_key((folder / "signer.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    short = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=5)))
+    for ext in old.extensions:
+        short = short.add_extension(ext.value, ext.critical)
+    (folder / "signer.pem").write_bytes(pem(short.sign(ca_key, hashes.SHA256())) + pem(ca))
+    renewed = ContentCredentials(CredentialConfig(folder=folder)).identity()
+    leaf = x509.load_pem_x509_certificates(renewed.chain_pem)[0]
+    assert leaf.not_valid_after_utc - now > dt.timedelta(days=700)
+    assert (folder / "ca.pem").read_bytes() == pem(ca)  # same CA: earlier outputs still verify as trusted
+    assert inspect_provenance(before.data, credentials=credentials).credentials == "trusted"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}

@@ -369,7 +369,9 @@ class ContentCredentials:
                 writable.
         """
         with self._lock:
-            if self._identity is None or self._identity.not_after - _now() < dt.timedelta(days=RENEW_DAYS):
+            current = self._identity
+            if current is None or (current.source == "local"
+                                   and current.not_after - _now() < dt.timedelta(days=RENEW_DAYS)):
                 self._identity = self._load()
             return self._identity
 
@@ -383,6 +385,10 @@ class ContentCredentials:
             identity = check_signing_chain(_read(cfg.cert_chain, "signing certificate chain"),
                                            _read(cfg.key, "signing key"), source="organisation",
                                            what=f"the signing certificate in {cfg.cert_chain}")
+            if identity.not_after - _now() < dt.timedelta(days=RENEW_DAYS):
+                logger.warning("the signing certificate in %s expires on %s: renew it before then (outputs "
+                               "signed after that date fail validation)", cfg.cert_chain,
+                               f"{identity.not_after:%Y-%m-%d}")
             if not identity.trust_anchors_pem:
                 logger.warning("the signing chain in %s ends without its CA certificate: outputs verify here as "
                                "'signed by an unknown issuer'; append the CA certificate to the file",

@@ -136,7 +136,8 @@ def sniff_mime(data: bytes) -> str | None:
 
 
 def _reader_settings(trust_anchors_pem: bytes) -> dict[str, Any]:
-    settings: dict[str, Any] = {"verify": {"verify_trust": True},
+    # Never reach the network while reading someone's file: no remote manifests, no OCSP look-ups.
+    settings: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False, "ocsp_fetch": False},
                                 # No thumbnails: they cost time and bytes and the pixels are right there.
                                 "builder": {"thumbnail": {"enabled": False}}}
     if trust_anchors_pem:
