@@ -30,14 +30,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kontext_studio.core.provenance import (  # noqa: E402
+from kontext_studio.core.provenance import (
     ContentClaim,
     ContentCredentials,
     CredentialConfig,
     sign_output,
 )
-from kontext_studio.core.provenance.inspect import inspect_provenance  # noqa: E402
-from kontext_studio.core.recipe import save_image_with_recipe  # noqa: E402
+from kontext_studio.core.provenance.inspect import inspect_provenance
+from kontext_studio.core.recipe import save_image_with_recipe
 
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -85,9 +85,9 @@ def main() -> None:
             save_ms, sign_ms, read_ms = [], [], []
             signed = None
             for _ in range(args.repeats):  # interleaved: save, sign, read on the same machine state
-                a, _ = ms(lambda p=path, f=fmt: save_image_with_recipe(img, p, recipe), 1)
+                a, _ = ms(lambda p=path, im=img: save_image_with_recipe(im, p, recipe), 1)
                 data = path.read_bytes()
-                b, signed = ms(lambda d=data, f=fmt: sign_output(d, f, claim, [source.getvalue()], creds), 1)
+                b, signed = ms(lambda d=data, f=fmt, src=source.getvalue(): sign_output(d, f, claim, [src], creds), 1)
                 c, report = ms(lambda s=signed: inspect_provenance(s.data, creds), 1)
                 assert report.credentials == "trusted", report.summary
                 save_ms.append(a)

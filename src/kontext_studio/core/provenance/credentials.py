@@ -372,8 +372,8 @@ class ContentCredentials:
             current = self._identity
             if current is None or (current.source == "local"
                                    and current.not_after - _now() < dt.timedelta(days=RENEW_DAYS)):
-                self._identity = self._load()
-            return self._identity
+                current = self._identity = self._load()
+            return current
 
     def _load(self) -> SigningIdentity:
         cfg = self.config
