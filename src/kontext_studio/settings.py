@@ -39,6 +39,8 @@ class Settings:
         signing_cert, signing_key: an organisation's own certificate chain (PEM, signing certificate first)
             and key to sign content credentials with (``KONTEXT_SIGNING_CERT``, ``KONTEXT_SIGNING_KEY``);
             unset: the installation's own CA in ``home/credentials``, created on first start.
+        tool_models: folder of the free tools' model files (``KONTEXT_TOOL_MODELS``; default
+            ``<home>/tool-models``).
     """
 
     model: str | None = None
@@ -61,6 +63,7 @@ class Settings:
     allow_image_urls: bool = False
     signing_cert: Path | None = None
     signing_key: Path | None = None
+    tool_models: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +90,7 @@ class Settings:
             allow_image_urls=e.get("KONTEXT_ALLOW_IMAGE_URLS", "").lower() in _TRUE,
             signing_cert=Path(e["KONTEXT_SIGNING_CERT"]).expanduser() if e.get("KONTEXT_SIGNING_CERT") else None,
             signing_key=Path(e["KONTEXT_SIGNING_KEY"]).expanduser() if e.get("KONTEXT_SIGNING_KEY") else None,
+            tool_models=Path(e["KONTEXT_TOOL_MODELS"]).expanduser() if e.get("KONTEXT_TOOL_MODELS") else None,
         )
 
     @property

@@ -13,6 +13,7 @@ import typer
 from kontext_studio.bootstrap import build_editor, model_source, with_overrides
 from kontext_studio.cli.output import err, handles_errors, out, print_json, progress_bars
 from kontext_studio.cli.plan import plan as plan_command
+from kontext_studio.cli.tools import register as register_tools
 from kontext_studio.cli.train import app as train_app
 from kontext_studio.cli.verify import installation_credentials, verify
 from kontext_studio.core.errors import InvalidRequest
@@ -478,6 +479,7 @@ app.add_typer(train_app, name="train-lora")
 app.command("plan")(plan_command)
 app.command()(verify)
 provide_content_credentials(installation_credentials)  # every command's outputs are signed by this installation
+register_tools(app)
 
 
 def _accounts() -> Any:
