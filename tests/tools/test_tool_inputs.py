@@ -159,7 +159,8 @@ def test_inspect_reads_our_recipe_and_iptc_mark(tmp_path) -> None:
     info = run_tool("inspect", [path]).info
     assert info["ai_generated"] is True and "make it snowy" in info["summary"]
     plain = run_tool("inspect", [png_bytes(photo("coffee"))]).info
-    assert plain["ai_generated"] is None and "no provenance marks" in plain["summary"]
+    assert plain["ai_generated"] is None and plain["credentials"] == "none"
+    assert "Nothing in this file says" in plain["summary"]
 
 
 def test_strip_metadata_keeps_the_jpeg_format() -> None:

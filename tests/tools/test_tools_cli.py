@@ -128,3 +128,35 @@ def test_ai_tool_runs_as_an_edit_with_its_instruction(tiny_model_dir: Path, tmp_
     from kontext_studio.core.recipe import read_recipe
 
     assert read_recipe(out)["instruction"] == report["instruction"]
+
+
+def test_tool_output_carries_content_credentials_that_break_when_tampered(jpg: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    pytest.importorskip("c2pa")
+    monkeypatch.setenv("KONTEXT_HOME", str(tmp_path / "home"))
+    out = tmp_path / "small.png"
+    code, text, err = kontext("tool", "resize", jpg, "-o", out, "--percent", "50", "--json")
+    assert code == 0, err
+    assert json.loads(text)["content_credentials"] is True
+    code, text, _ = kontext("tool", "inspect", out, "--json")
+    report = json.loads(text)["info"]
+    assert code == 0 and report["validates"] is True
+    assert "c2pa.resized" in [a["action"] for a in report["history"][0]["actions"]]
+    # Change pixels, keep the file's manifest: the credentials no longer validate.
+    with Image.open(out) as img:
+        pixels = np.asarray(img).copy()
+    raw = out.read_bytes()
+    pixels[10:20, 10:20] = 0
+    tampered = tmp_path / "tampered.png"
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    # Splice the original manifest chunk (caBX) into the re-encoded file.
+    start = raw.index(b"caBX") - 4
+    length = int.from_bytes(raw[start:start + 4], "big")
+    chunk = raw[start:start + 12 + length]
+    new = buf.getvalue()
+    tampered.write_bytes(new[:33] + chunk + new[33:])
+    code, text, _ = kontext("tool", "inspect", tampered, "--json")
+    assert json.loads(text)["info"]["credentials"] == "invalid"

@@ -132,6 +132,7 @@ def tool_run(
 def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | None, mask: Path | None,
               quality: int, as_json: bool) -> None:
     from kontext_studio.tools import format_for, result_bytes, run_tool
+    from kontext_studio.tools.signing import sign_tool_result
 
     reports = spec.name in ("info", "inspect")
     if output is None and not reports:
@@ -154,16 +155,21 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
     result = run_tool(spec.name, [Path(p) for p in inputs], raw, mask=mask)
     seconds = time.perf_counter() - started
     saved = None
+    credentials: bool | None = None
     if output is not None and (result.image is not None or result.encoded is not None):
         assert fmt is not None
         data, _ = result_bytes(result, fmt, quality)
-        data = _sign_if_available(data, fmt, spec, inputs, result.changes_pixels)
+        signed = sign_tool_result(data, fmt, spec, result, [Path(p) for p in inputs])
+        data, credentials = signed.data, signed.signed
+        if signed.note and result.changes_pixels and not as_json:
+            err.print(f"[yellow]note:[/] {signed.note}", highlight=False)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(data)
         saved = (output, len(data))
     if as_json:
         print_json({"tool": spec.name, "output": str(saved[0]) if saved else None,
-                    "bytes": saved[1] if saved else None, "seconds": round(seconds, 3), "info": result.info})
+                    "bytes": saved[1] if saved else None, "seconds": round(seconds, 3), "info": result.info,
+                    "content_credentials": credentials})
         return
     if saved:
         size = f"{result.image.width}x{result.image.height}, " if result.image is not None else ""
@@ -174,17 +180,6 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
         for key, value in result.info.items():
             if key not in ("face_boxes", "width", "height") or reports:
                 out.print(f"  {key}: {value}", highlight=False)
-
-
-def _sign_if_available(data: bytes, fmt: str, spec: Any, inputs: list[str], changes_pixels: bool) -> bytes:
-    """Attach content credentials when the installation signs outputs (a no-op until signing is set up)."""
-    if not changes_pixels:
-        return data
-    try:
-        from kontext_studio.tools.signing import sign_tool_output
-    except ImportError:
-        return data
-    return sign_tool_output(data, fmt, spec.name, [Path(p) for p in inputs])
 
 
 def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None, tier: str, model: str | None,

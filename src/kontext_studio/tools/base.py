@@ -268,6 +268,7 @@ class ToolResult:
         encoded: when the tool's job is the file itself (convert, compress): the bytes to write as they are.
         format: the format of ``encoded`` (png, jpeg, webp, avif), or the format the tool advises.
         changes_pixels: whether the image differs from the input's pixels (then it is marked as edited).
+        params: the parameters the tool ran with (recorded in the output's content credentials).
     """
 
     image: Image.Image | None
@@ -275,6 +276,7 @@ class ToolResult:
     encoded: bytes | None = None
     format: str | None = None
     changes_pixels: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Adding a tool = a typed function + a parameter dataclass in its module, and one 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -261,4 +262,6 @@ def run_tool(name: str, images: Sequence[ImageSource], params: Mapping[str, Any]
     elif lim.mask == "required":
         raise ToolImageError(f"{spec.title} needs a mask: paint the area in white on black, the same size as the "
                              "picture", field="mask")
-    return spec.run(ToolInput(decoded, mask_img, sources), typed)
+    result = spec.run(ToolInput(decoded, mask_img, sources), typed)
+    result.params = dataclasses.asdict(typed)  # type: ignore[call-overload]
+    return result
