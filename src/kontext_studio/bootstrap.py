@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.backends.base import EditBackend
 from kontext_studio.core.engine import Editor
+from kontext_studio.core.errors import WeightsNotFound
 from kontext_studio.core.fidelity_base import Fidelity
 from kontext_studio.core.provenance.credentials import (
     ContentCredentials,
@@ -96,15 +99,37 @@ def bfl_backend(settings: Settings) -> EditBackend:
 
 
 def build_fidelity(settings: Settings) -> Fidelity | None:
-    """The analysis package's fidelity analyser, or None when its extras (dlib, OpenCV) are missing."""
-    try:
-        import cv2  # noqa: F401
-        import dlib  # noqa: F401
-    except ImportError:
+    """The analysis package's fidelity analyser, or None when its extras (dlib, OpenCV) are missing.
+
+    Only looks the extras up: OpenCV and dlib are imported by the first check that needs them.
+    """
+    if importlib.util.find_spec("cv2") is None or importlib.util.find_spec("dlib") is None:
         return None
     from kontext_studio.analysis.fidelity import AnalysisFidelity
 
     return AnalysisFidelity(face_model=settings.face_model)
+
+
+def check_weights(settings: Settings) -> None:
+    """Fail early when the local weights are missing and cannot be fetched (no model is loaded).
+
+    A folder or file that does not exist cannot be downloaded; a hub repo can when downloads are allowed.
+
+    Raises:
+        WeightsNotFound: with how to get the weights.
+    """
+    from kontext_studio.core.weights import locate
+
+    source = model_source(settings)
+    status = locate(source, settings.hf_token, download=False)
+    if not status.found and (source.kind != "hub" or not settings.allow_download):
+        raise WeightsNotFound(status.message)
+
+
+def load_engine_libraries() -> None:
+    """Import torch and diffusers (seconds on a CPU), with their console chatter routed to logging."""
+    quiet_third_party_logs()
+    import kontext_studio.core.backends.diffusers_kontext  # noqa: F401
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
@@ -112,13 +137,38 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 
+# Libraries that install their own console handler: their records are handed to the application's logging
+# (the CLI writes them to its log file; ``kontext -v`` shows them) instead of the terminal.
+_OWN_HANDLERS = ("torch", "transformers", "diffusers")
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "BITSANDBYTES_NOWELCOME": "1"}
+
+
 def quiet_third_party_logs() -> None:
-    """Keep transformers/diffusers import chatter (optional torchvision, progress bars) off the console;
-    the faces draw their own progress."""
+    """Keep torch/transformers/diffusers import chatter (optional torchvision, kernel notices, progress bars)
+    off the console; the faces draw their own progress.
+
+    When the application has configured logging (a root handler, as the CLI does), the libraries' records
+    go there at their own level; otherwise only their errors are kept.
+    """
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    configured = bool(logging.getLogger().handlers)
     import diffusers.utils.logging as diffusers_logging
+    import torch  # noqa: F401  (installs torch's console handler, taken back below before anything logs)
     import transformers.utils.logging as transformers_logging
 
-    transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
+    if not configured:
+        transformers_logging.set_verbosity_error()
+        diffusers_logging.set_verbosity_error()
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        return
+    for name in _OWN_HANDLERS:
+        lib = logging.getLogger(name)
+        for handler in list(lib.handlers):
+            lib.removeHandler(handler)
+        lib.propagate = True
+    transformers_logging.set_verbosity_info()
+    diffusers_logging.set_verbosity_info()

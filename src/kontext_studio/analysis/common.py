@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -38,3 +39,26 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.severity.value}: {self.message} — {self.fix}"
+
+
+# dlib's HOG face detector takes about a second to build and is not safe for concurrent calls: every tool
+# (reference check, identity) shares one instance, and runs it under DETECTOR_LOCK.
+DETECTOR_LOCK = threading.Lock()
+_detector: Any = None
+_detector_build_lock = threading.Lock()
+
+
+def face_detector() -> Any:
+    """dlib's frontal face detector, built once per process; call it while holding ``DETECTOR_LOCK``.
+
+    Raises:
+        ImportError: dlib is not installed.
+    """
+    global _detector
+    if _detector is None:
+        with _detector_build_lock:
+            if _detector is None:
+                import dlib
+
+                _detector = dlib.get_frontal_face_detector()
+    return _detector

@@ -43,6 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from kontext_studio.analysis.common import DETECTOR_LOCK, face_detector
 from kontext_studio.analysis.consistency import ConsistencyReport, compare_features, rgb_array
 from kontext_studio.core.errors import InvalidRequest
 
@@ -226,17 +227,40 @@ def dlib_models_dir() -> Path:
 
 
 class _DlibModels:
-    def __init__(self) -> None:
-        import dlib
+    """dlib's detector (shared with the reference checker), and the landmark predictor and ResNet, which
+    load on first use: a picture without a face never pays for them."""
 
-        folder = dlib_models_dir()
-        self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))
-        self.resnet = dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat"))
+    def __init__(self) -> None:
+        self.folder = dlib_models_dir()
+        self.detector = face_detector()
         # dlib documents its detectors and networks as unsafe for concurrent use (they keep per-call
         # buffers inside the object): one call at a time each. The landmark predictor is stateless.
-        self.detector_lock = threading.Lock()
+        self.detector_lock = DETECTOR_LOCK
         self.resnet_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._predictor: Any = None
+        self._resnet: Any = None
+
+    @property
+    def predictor(self) -> Any:
+        if self._predictor is None:
+            with self._load_lock:
+                if self._predictor is None:
+                    import dlib
+
+                    self._predictor = dlib.shape_predictor(str(self.folder / "shape_predictor_5_face_landmarks.dat"))
+        return self._predictor
+
+    @property
+    def resnet(self) -> Any:
+        if self._resnet is None:
+            with self._load_lock:
+                if self._resnet is None:
+                    import dlib
+
+                    self._resnet = dlib.face_recognition_model_v1(
+                        str(self.folder / "dlib_face_recognition_resnet_model_v1.dat"))
+        return self._resnet
 
 
 _models: _DlibModels | None = None

@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kontext_studio.analysis.common import Finding, Severity
+from kontext_studio.analysis.common import DETECTOR_LOCK, Finding, Severity, face_detector
 from kontext_studio.core.errors import InvalidImage
 from kontext_studio.core.images import MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE, MIN_SIDE, load_reference
 from kontext_studio.core.types import Reference
@@ -494,41 +494,44 @@ _model_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _load_face_models() -> tuple[Any, Any] | None:
-    try:
-        import dlib
-    except ImportError:
-        return None
-    detector = dlib.get_frontal_face_detector()
+def _load_predictor() -> Any:
+    import dlib
+
     path = _model_file("shape_predictor_68_face_landmarks.dat")
-    predictor = dlib.shape_predictor(str(path)) if path is not None else None  # ~1 s: loaded once
-    return detector, predictor
+    return dlib.shape_predictor(str(path)) if path is not None else None  # ~1 s and 100 MB: loaded once
 
 
-# dlib's detector and shape predictor are not safe for concurrent calls (two at once can abort the process):
-# the service checks uploads while its worker checks references, so every call goes through this lock.
+# dlib's shape predictor is not safe for concurrent calls (two at once can abort the process): the service
+# checks uploads while its worker checks references, so every call goes through this lock. The detector is
+# shared with the identity score and has its own lock (analysis.common.DETECTOR_LOCK).
 _run_lock = threading.Lock()
 
 
-def _face_models() -> tuple[Any, Any] | None:
-    """dlib's HOG detector and the 68-point predictor (predictor None if not shipped); None without dlib."""
+def _face_models() -> Any | None:
+    """dlib's HOG detector; None without dlib. The 68-point predictor loads only once a face is found."""
+    try:
+        return face_detector()
+    except ImportError:
+        return None
+
+
+def _landmark_predictor() -> Any | None:
     with _model_lock:  # concurrent first calls wait for one load instead of each loading 100 MB
-        return _load_face_models()
+        return _load_predictor()
 
 
 def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
                   fine_pass: bool = True) -> list[_Face] | None:
     """Faces in upright-image pixels, largest landmarks included; None when dlib is unavailable."""
-    models = _face_models()
-    if models is None:
+    detector = _face_models()
+    if detector is None:
         return None
-    detector, predictor = models
     import dlib
 
     # Pass 1 on the 512 px copy (HOG cost grows with pixels): finds faces >= ~14 % of the short side.
     gray = work_luma
     scale, upsample = work_scale, 0
-    with _run_lock:
+    with DETECTOR_LOCK:
         rects, scores, _ = detector.run(gray, 0, 0.0)
     if fine_pass and not any(s >= FACE_MIN_SCORE for s in scores):
         # Pass 2, only when needed: finer, so faces down to ~7 % of the short side are found.
@@ -538,7 +541,7 @@ def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
             gray = np.asarray(fine.convert("L"))
         else:
             upsample = 1
-        with _run_lock:
+        with DETECTOR_LOCK:
             rects, scores, _ = detector.run(gray, upsample, 0.0)
     candidates = sorted(zip(scores, rects, strict=True), key=lambda sr: -sr[0])
     faces: list[_Face] = []
@@ -549,7 +552,8 @@ def _detect_faces(rgb: Image.Image, work_luma: np.ndarray, work_scale: float, *,
         box = (max(0.0, rect.left() / scale), max(0.0, rect.top() / scale),
                min(float(w), (rect.right() + 1) / scale), min(float(h), (rect.bottom() + 1) / scale))
         faces.append(_Face(box=box, score=float(score)))
-    if faces and predictor is not None:
+    predictor = _landmark_predictor() if faces else None
+    if predictor is not None:
         main = max(faces, key=lambda f: f.width)
         left, top, right, bottom = main.scaled_box(scale)
         with _run_lock:

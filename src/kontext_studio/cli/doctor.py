@@ -38,7 +38,12 @@ def diagnose(settings: Settings) -> dict[str, Any]:
         report["gpu"] = torch.cuda.get_device_name(0)
     report["dtype"] = pick_dtype_name(device, settings.dtype)
     free = free_vram(device)
-    report["free_vram_gib"] = None if free is None else round(free / GiB, 1)
+    if free is not None:
+        report["free_vram"] = f"{free / GiB:.1f} GiB"
+    elif device == "cpu":
+        report["free_vram"] = "no GPU: running on the CPU"
+    else:
+        report["free_vram"] = "shared with system memory (unified memory: not measured separately)"
     if device == "cpu":
         report["memory_mode"] = "none (CPU: works, but a 28-step 1 MP edit takes hours; use a GPU)"
     elif free is None:

@@ -1,4 +1,8 @@
-"""Console helpers shared by the commands: progress bars, errors, JSON."""
+"""Console helpers shared by the commands: progress bars, a loading spinner, errors, JSON.
+
+Everything here stays cheap to import (rich and typer only): ``kontext --help`` and input errors answer
+before torch is ever loaded.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.markup import escape
 
 from kontext_studio.core.errors import KontextError
 
@@ -26,16 +23,48 @@ from kontext_studio.core.errors import KontextError
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+__all__ = ["err", "escape", "fail", "handles_errors", "loading", "note", "out", "print_json", "progress_bars",
+           "status_line"]
+
 
 def print_json(data: Any) -> None:
+    """Write ``data`` as indented JSON on stdout (paths and other objects as strings)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
 def fail(message: str, code: int, as_json: bool = False, error_code: str = "error") -> None:
+    """Report an error: JSON on stdout with ``--json``, and always a red line on stderr.
+
+    Args:
+        message: the error in words (printed literally: brackets are not markup).
+        code: the exit code the caller will use.
+        as_json: also print ``{"error": {...}}`` on stdout.
+        error_code: the stable error code for scripts.
+    """
     if as_json:
         print_json({"error": {"code": error_code, "message": message}})
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A yellow ``note:`` line on stderr; ``message`` is printed literally."""
+    err.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+
+
+def status_line(message: str) -> None:
+    """An engine status message on stderr (model loading, fingerprinting), printed literally."""
+    err.print(escape(message), highlight=False)
+
+
+@contextmanager
+def loading(what: str) -> Iterator[None]:
+    """A spinner on stderr while ``what`` loads; nothing when stderr is not a terminal (logs, pipes, CI)."""
+    if not err.is_terminal:
+        yield
+        return
+    with err.status(f"{escape(what)}…", spinner="dots"):
+        yield
 
 
 @contextmanager
@@ -44,9 +73,18 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
     if not enabled:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),

@@ -96,3 +96,8 @@ def plan(
             out.print(f"- [bold]{r['model']}[/]: {text}", highlight=False)
     if not any(r["fits"] for r in results):
         raise typer.Exit(3)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plan`` to ``app``."""
+    app.command("plan")(plan)

@@ -217,3 +217,8 @@ def export(
         print_json({"output": str(path)})
     else:
         out.print(f"[green]saved[/] {path}", highlight=False)
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the ``train-lora`` group to ``parent``."""
+    parent.add_typer(app, name="train-lora")

@@ -62,3 +62,8 @@ def verify(
         out.print(f"Kontext Studio recipe: {r.get('instruction')!r} (seed {r.get('seed')}, tier {r.get('tier')}); "
                   "`kontext replay` re-runs it", highlight=False)
     raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``verify`` to ``app``."""
+    app.command()(verify)

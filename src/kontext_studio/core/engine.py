@@ -33,10 +33,12 @@ from kontext_studio.core.errors import InvalidRequest, RecipeError, TierNotConfi
 from kontext_studio.core.fidelity_base import Fidelity
 from kontext_studio.core.images import LoadedImage, load_reference, sha256_image
 from kontext_studio.core.multiref import Placement, placements, stitch
+from kontext_studio.core.preflight import preflight
 from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
-from kontext_studio.core.registry import TierSpec, get_tier
+from kontext_studio.core.registry import TierSpec
 from kontext_studio.core.resolution import GeometryPlan, plan_output, reference_size
 from kontext_studio.core.types import (
+    MAX_SEED,
     EditRequest,
     EditResult,
     GeometryMode,
@@ -49,7 +51,7 @@ from kontext_studio.core.types import (
 logger = logging.getLogger("kontext_studio.engine")
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
-SEED_RANGE = 2**32
+SEED_RANGE = MAX_SEED + 1  # guard candidates count up from the seed and wrap inside the range
 
 
 @functools.cache
@@ -193,20 +195,13 @@ class Editor:
             Canceled: ``cancel()`` returned True.
         """
         t_start = time.perf_counter()
-        request.validate()
-        tier = get_tier(request.tier)
-        if len(request.references) > tier.max_references:
-            raise InvalidRequest(
-                f"references: tier {tier.name} takes at most {tier.max_references} reference image(s), got "
-                f"{len(request.references)}; use --tier max or dev for several references",
-                field="references",
-            )
-        backend = self.backend_for(tier)
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        loaded = _loaded or self._load_references(request.references)
-        mask = self._load_mask(request.lock_mask, loaded[0].size)
-        timings["images"] = time.perf_counter() - t
+        # Every model-free check (fields, tier, images, mask, LoRA files) runs before the backend is built,
+        # so a wrong input is reported before the heavy libraries and the weights load.
+        checked = preflight(request, _loaded)
+        tier, loaded, mask = checked.tier, checked.references, checked.mask
+        timings["images"] = time.perf_counter() - t_start
+        backend = self.backend_for(tier)
 
         warnings: list[str] = [w for li in loaded for w in li.warnings]
         findings: list[list[dict[str, Any]]] = []
@@ -365,17 +360,6 @@ class Editor:
         cand.identity = {"similarity": score.similarity, "passed": score.passed, "measured": score.measured,
                          "method": score.method, "reference": subject + 1, "details": score.details}
         return cand
-
-    @staticmethod
-    def _load_mask(source: Any, size: tuple[int, int]) -> Image.Image | None:
-        if source is None:
-            return None
-        loaded = load_reference(Reference(source), 0)
-        if loaded.size != size:
-            raise InvalidRequest(
-                f"lock_mask is {_fmt(loaded.size)} but the input is {_fmt(size)}; paint the mask on the input "
-                "at its own size (white = the area to edit)", field="lock_mask")
-        return loaded.image.convert("L")
 
     def _chain(self, first: Reference, loaded: LoadedImage, output: Image.Image) -> dict[str, Any] | None:
         """For an edit of a previous output: the original it started from, the turn, and the drift."""

@@ -11,7 +11,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kontext_studio.core.errors import InvalidImage
@@ -114,6 +113,8 @@ def load_reference(ref: Reference, index: int = 0) -> LoadedImage:
             warnings.append(f"{label}: transparent areas were filled with white")
         elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             # Pillow's convert("RGB") clips high-bit-depth values at 255 (a white picture): rescale first.
+            import numpy as np  # only for these rare modes: a plain photo loads without numpy
+
             arr = np.asarray(img, dtype=np.float64)
             top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
             img = Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8), "L").convert("RGB")

@@ -31,6 +31,16 @@ def format_for_path(path: str | Path, default: OutputFormat = OutputFormat.PNG) 
     return _SUFFIX_FORMAT.get(Path(path).suffix.lower(), default)
 
 
+def format_for_suffix(suffix: str) -> OutputFormat | None:
+    """The output format of a file extension (``.jpg``), or None when outputs cannot be written as it."""
+    return _SUFFIX_FORMAT.get(suffix.lower())
+
+
+def supported_suffixes() -> list[str]:
+    """The file extensions outputs can be written as (each carries the recipe and the AI marks)."""
+    return list(_SUFFIX_FORMAT)
+
+
 def xmp_packet(recipe: dict[str, Any]) -> bytes:
     """An XMP packet marking the image as AI-generated, with the recipe as a JSON property."""
     tool = f"Kontext Studio {recipe.get('versions', {}).get('kontext_studio', '')}".strip()

@@ -20,7 +20,7 @@ from kontext_studio.core.errors import InvalidRequest
 MAX_REFERENCES = 4
 MAX_INSTRUCTION_CHARS = 2000
 MAX_STEPS = 100
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere: torch generators, the BFL API, the studio form
 MAX_CANDIDATES = 8
 SAFETY_TOLERANCE_RANGE = (0, 6)  # BFL's moderation tolerance: 0 strictest, 6 most permissive
 PIXEL_LOCK_MODES = ("auto", "off")
