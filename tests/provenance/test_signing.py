@@ -189,3 +189,11 @@ def test_other_formats_a_tool_can_write_are_signed_too(fmt: str, credentials: Co
     report = inspect_provenance(signed.data)
     assert report.credentials == "trusted" and report.format == fmt.upper()
     assert Image.open(io.BytesIO(signed.data)).size == (160, 120)  # still a picture every reader opens
+
+
+def test_inspecting_a_decompression_bomb_reads_no_pixels(tmp_path: Path) -> None:
+    from tests.core.test_images import png_header_only
+
+    report = inspect_provenance(png_header_only(tmp_path / "bomb.png", 30_000, 30_000))
+    assert report.format == "PNG" and report.size is None and report.credentials == "none"
+    assert report.ai_generated is None

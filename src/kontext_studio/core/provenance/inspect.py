@@ -336,8 +336,10 @@ def inspect_provenance(image: str | Path | bytes, credentials: ContentCredential
             raise InvalidImage(f"image: no such file: {p}", field="image")
         data, source = p.read_bytes(), str(p)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # the header and metadata only, never the pixels
             fmt, size, info = img.format, img.size, dict(img.info)
+    except Image.DecompressionBombError:  # too many pixels to open safely: its manifest can still be read
+        fmt, size, info = (sniff_mime(data) or "image/?").removeprefix("image/").upper(), None, {}
     except (UnidentifiedImageError, OSError):
         raise InvalidImage(f"image: {source} is not an image Pillow can read", field="image") from None
     xmps = _xmp_blobs(info)
