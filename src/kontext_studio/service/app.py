@@ -37,6 +37,7 @@ from kontext_studio.service.api.problems import (
     validation_error_handler,
 )
 from kontext_studio.service.api.studio import search_jobs, studio_api_router
+from kontext_studio.service.api.tools import tools_router
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, LedgerEntry, make_session_factory, utcnow
 from kontext_studio.service.inputs import normalize_input, upload_key, upload_sha256
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
@@ -489,5 +490,8 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
                      "jobs to Celery workers. Train with `kontext train-lora run` on a GPU machine, or on a "
                      "server without a broker") if dispatcher is not None else None))
     app.include_router(credentials_router(storage, services.signer.verify))
+    app.include_router(tools_router(storage=storage, sessions=sessions, user=current_user, signer=signer, free=free,
+                                    submit=submit_for_studio, get_job=jobs.get,
+                                    envelope_for=lambda request, job: envelope(base_of(request), job)))
     publish_complete_schema(app)
     return app

@@ -35,11 +35,11 @@ class RateLimiter:
 
     def __init__(self, limit: int = 60, window: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window, self.clock = limit, window, clock
-        self._hits: defaultdict[int, deque[float]] = defaultdict(deque)
+        self._hits: defaultdict[int | str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def check(self, user_id: int) -> None:
-        """Count one submission.
+    def check(self, user_id: int | str) -> None:
+        """Count one submission by a user (or another caller key, such as a client address).
 
         Raises:
             RateLimited: over the limit; nothing is counted then.
