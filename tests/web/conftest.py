@@ -209,3 +209,71 @@ def accessible(pg: Any, axe_source: str) -> None:
                  + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '));
     }""")
     assert found == [], found
+
+
+@dataclass
+class TinyStudio:
+    """The real service on the tiny diffusers model (random weights, real pipeline), with no local sign-in: a
+    browser signs in with ``key`` (so a fresh browser context is truly signed out)."""
+
+    url: str
+    accounts: SqlAccounts
+    user: UserRecord
+    key: str
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        r = httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.key}"}, timeout=60,
+                          **kwargs)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+
+TINY_CREDITS = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_studio(tmp_path_factory: pytest.TempPathFactory, backend: Any) -> Iterator[TinyStudio]:
+    """uvicorn serving the service whose local tiers run the tiny Kontext model (``backend`` from tests/conftest)."""
+    import uvicorn
+
+    from kontext_studio.analysis.fidelity import AnalysisFidelity
+
+    home = tmp_path_factory.mktemp("tiny-studio")
+    url = f"sqlite:///{home / 'kontext.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    accounts = SqlAccounts(make_session_factory(engine))
+    user = accounts.create_user("maker@example.com", "Maker")
+    accounts.grant(user.id, TINY_CREDITS)
+    key, _ = accounts.create_api_key(user.id, "browser")
+    backend.loras.apply([])
+    editor = Editor({"diffusers": backend}, fidelity=AnalysisFidelity())
+    port = _free_port()
+    app = create_app(engine, LocalStorage(home / "data"), editor, b"tiny-web-secret-0123456789abcdef",
+                     public_url=f"http://127.0.0.1:{port}", rate_limit=0, max_active_per_user=50)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="tiny-studio-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the studio server did not start")
+        time.sleep(0.05)
+    yield TinyStudio(f"http://127.0.0.1:{port}", accounts, user, key)
+    server.should_exit = True
+    thread.join(15)
+    engine.dispose()
+
+
+def credits_agree(pg: Any, tiny: TinyStudio) -> int:
+    """Credits shown in the header = the API's balance = the sum of the ledger's movements on the available
+    account; returns that figure."""
+    from playwright.sync_api import expect
+
+    api = tiny.api("GET", "/v1/account")["credits"]["available"]
+    expect(pg.locator("#credits-available")).to_have_text(str(api))
+    ledger = tiny.api("GET", "/v1/account/ledger?limit=500")["results"]
+    assert sum(e["amount"] for e in ledger if e["account"] == "available") == api
+    return int(api)

@@ -172,12 +172,19 @@ function setupPicking() {
   input.addEventListener("change", () => { addFiles(Array.from(input.files)); input.value = ""; });
   for (const btn of $$("[data-choose-files]")) btn.addEventListener("click", () => input.click());
   for (const btn of $$("[data-sample]")) btn.addEventListener("click", () => addSample(btn.dataset.sample, btn.dataset.name));
+  const prompt = $("#prompt");
+  const examples = $("#examples");
+  if (prompt && examples) {
+    const sync = () => { examples.hidden = prompt.value.trim() !== ""; };
+    prompt.addEventListener("input", sync);
+    sync();
+  }
   for (const btn of $$("[data-example]")) {
     btn.addEventListener("click", () => {
       const box = $("#prompt");
       box.value = btn.dataset.example;
-      box.dispatchEvent(new Event("input", {bubbles: true}));
       box.focus();
+      box.dispatchEvent(new Event("input", {bubbles: true}));
     });
   }
   const overlay = $("#drop-overlay");
@@ -635,6 +642,7 @@ function batchFinished() {
     const cost = good.reduce((s, p) => s + (p.cost || 0), 0);
     setStatus(`Done: ${good.length} of ${studio.batch.length} variations · ${cost} credits. Choose one to continue.`);
     showGrid();
+    $("#job").hidden = true;
   }
   if (studio.session) loadSession();
 }
@@ -777,6 +785,7 @@ function continueFrom(predictionId, upload) {
   $("#job").hidden = true;
   checkRef(refs[0]);
   $("#prompt").value = "";
+  $("#prompt").dispatchEvent(new Event("input", {bubbles: true}));
   $("#prompt").focus();
 }
 
@@ -922,7 +931,7 @@ function setupStudio() {
   $("#new-seed").addEventListener("click", () => again(1));
   $("#more-variations").addEventListener("click", () => again(4));
   $("#try-go").addEventListener("click", tryAnotherModel);
-  $("#back-to-grid").addEventListener("click", () => { showGrid(); $("#job").hidden = false; });
+  $("#back-to-grid").addEventListener("click", showGrid);
   $("#undo").addEventListener("click", undo);
   document.addEventListener("click", (e) => {
     const btn = e.target.closest("[data-rewrite]");
@@ -1092,7 +1101,7 @@ function sharePanel(panel, it, shareBtn) {
   prompt.checked = !!(it.share && it.share.show_prompt);
   model.checked = !!(it.share && it.share.show_model);
   const url = el("input", {type: "url", readonly: true, id: `su-${n}`, "data-testid": "share-url", "aria-label": "Public link"});
-  const status = el("span", {class: "muted tiny-text", "aria-live": "polite"});
+  const status = el("span", {class: "muted tiny-text", "aria-live": "polite", "data-testid": "share-status"});
   const make = el("button", {type: "button", class: "small primary", "data-testid": "share-create"});
   const copy = el("button", {type: "button", class: "small", "data-testid": "share-copy", text: "Copy link"});
   const revoke = el("button", {type: "button", class: "small danger", "data-testid": "share-revoke", text: "Stop sharing"});
@@ -1158,9 +1167,9 @@ function setupAccount() {
       $("#new-key").hidden = false;
       const revoke = el("button", {type: "button", class: "small danger", "data-revoke": k.id, "data-name": k.name || k.prefix,
                                    text: "Revoke"});
-      const tr = el("tr", {"data-key-id": k.id}, el("td", {text: k.name || "—"}),
-                    el("td", {}, el("code", {text: `${k.prefix}…`}), " ", el("span", {class: "state pill", text: "active"})),
-                    el("td", {class: "small-text", text: "never"}), el("td", {}, revoke));
+      const tr = el("tr", {"data-key-id": k.id}, el("td", {class: "k-name", text: k.name || "—"}),
+                    el("td", {class: "k-key"}, el("code", {text: `${k.prefix}…`}), " ", el("span", {class: "state pill", text: "active"})),
+                    el("td", {class: "small-text k-used", text: "never"}), el("td", {class: "k-act"}, revoke));
       const empty = $("#keys-body tr.empty");
       if (empty) empty.remove();
       $("#keys-body").append(tr);
