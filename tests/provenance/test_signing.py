@@ -20,7 +20,6 @@ from kontext_studio.core.provenance import (
     sign_file,
     sign_output,
     sign_tool_output,
-    use_content_credentials,
 )
 from kontext_studio.core.provenance.inspect import inspect_provenance
 from kontext_studio.core.recipe import read_recipe
@@ -151,8 +150,12 @@ def test_without_c2pa_outputs_are_written_unsigned_with_a_note(credentials: Cont
     assert inspect_provenance(out).credentials == "none"
 
 
-def test_no_configured_signer_means_unsigned_with_a_note(photo: Path, tmp_path: Path) -> None:
-    use_content_credentials(None)
+def test_no_configured_signer_means_unsigned_with_a_note(photo: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from kontext_studio.core.provenance import credentials as credentials_module
+
+    monkeypatch.setattr(credentials_module, "_current", None)
+    monkeypatch.setattr(credentials_module, "_provider", None)  # as in a library user's own program
     signed = sign_output(photo.read_bytes(), "png", ContentClaim())
     assert not signed.signed and signed.data == photo.read_bytes()
     assert "no signing identity is configured" in (signed.note or "")
