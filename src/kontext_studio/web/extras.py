@@ -44,6 +44,10 @@ def mount_extras(app: FastAPI, templates: Jinja2Templates) -> None:
         templates: the studio's templates (``not_found.html``).
     """
 
+    from kontext_studio.web.view import is_routine
+
+    templates.env.tests["routine"] = is_routine
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
         return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml",

@@ -7,6 +7,7 @@ model this server cannot run, why in plain words.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ EXAMPLES = (
 
 T2I_REASON = ("Text-to-image (a picture from words alone) needs a model that generates without a photo; none is "
               "installed on this server yet, so start from a photo.")
+
+
+# Routine adjustments the engine reports (resizes, snapping to the model's grid): notes, not warnings.
+ROUTINE = re.compile(r"resized to|snapped to|stitched into|rotated upright|converted from 16-bit|filled with white|"
+                     r"output restored", re.I)
+
+
+def is_routine(warning: str) -> bool:
+    """Whether an engine warning is a routine adjustment (shown as a note) rather than a real warning."""
+    return bool(ROUTINE.search(warning))
 
 
 @dataclass(frozen=True)

@@ -1012,8 +1012,12 @@ function renderSeries(series) {
       thumb.append(el("span", {class: `status-box ${it.status}`,
                                text: it.status === "processing" ? `${Math.round(it.progress * 100)} %` : it.status}));
     }
-    const meta = el("span", {class: "meta", text: it.similarity === null || it.similarity === undefined
-      ? `seed ${it.seed ?? "…"}` : `seed ${it.seed} · identity ${it.similarity.toFixed(2)}`});
+    const meta = el("span", {class: "meta", text: `seed ${it.seed ?? "…"}`});
+    if (it.similarity !== null && it.similarity !== undefined) {
+      const kept = it.similarity >= 0.5;
+      meta.append(el("span", {class: `pill ${kept ? "good" : "bad"}`, title: `similarity ${it.similarity.toFixed(2)} (0 to 1)`,
+                              text: kept ? "likeness kept" : "likeness low"}));
+    }
     const li = el("li", {class: "tile", "data-testid": "scene", "data-status": it.status}, thumb,
                   el("span", {class: "caption", text: `${i + 1}. ${it.prompt}`}), meta);
     if (it.output) {
