@@ -7,7 +7,9 @@ type ``trainedAlgorithmicMedia``. ``read_recipe`` reads either back.
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -88,10 +90,87 @@ def save_image_with_recipe(
         info.add_text("Software", "Kontext Studio")
         image.save(out, format="PNG", pnginfo=info)
     elif fmt is OutputFormat.JPEG:
-        image.convert("RGB").save(out, format="JPEG", quality=95, xmp=xmp)
+        # The XMP segment is written here rather than through Pillow's ``xmp=`` (JPEG support for it arrived
+        # in Pillow 11; on the oldest Pillow we accept it is silently ignored and the output loses its marks).
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+        out.write_bytes(jpeg_with_xmp(buffer.getvalue(), _fit_jpeg_xmp(recipe, xmp)))
     else:
         image.save(out, format="WEBP", quality=95, xmp=xmp)
     return out
+
+
+XMP_JPEG_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+_JPEG_SEGMENT_MAX = 0xFFFF - 2 - len(XMP_JPEG_HEADER)  # one APP1 segment's payload
+
+
+def _fit_jpeg_xmp(recipe: dict[str, Any], xmp: bytes) -> bytes:
+    """The XMP packet, slimmed to fit one JPEG segment: the bulky measurement details go first."""
+    if len(xmp) <= _JPEG_SEGMENT_MAX:
+        return xmp
+    slim = {k: v for k, v in recipe.items() if k not in ("pixel_lock_result", "reference_checks")}
+    if isinstance(slim.get("identity"), dict):
+        slim["identity"] = {k: v for k, v in slim["identity"].items() if k != "details"}
+    packet = xmp_packet(slim)
+    if len(packet) <= _JPEG_SEGMENT_MAX:
+        return packet
+    return xmp_packet({k: recipe.get(k) for k in ("schema", "instruction", "tier", "seed", "steps", "guidance",
+                                                    "digital_source_type", "versions")})
+
+
+def jpeg_with_xmp(jpeg: bytes, xmp: bytes) -> bytes:
+    """``jpeg`` with an XMP APP1 segment placed after its JFIF/EXIF header segments.
+
+    Raises:
+        ValueError: ``jpeg`` is not a JPEG stream, or the packet does not fit one segment.
+    """
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG stream")
+    payload = XMP_JPEG_HEADER + xmp
+    if len(payload) + 2 > 0xFFFF:
+        raise ValueError(f"XMP packet of {len(xmp)} bytes does not fit one JPEG segment")
+    pos = 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] in (0xE0, 0xE1):
+        pos += 2 + struct.unpack(">H", jpeg[pos + 2:pos + 4])[0]
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:pos] + segment + jpeg[pos:]
+
+
+def _jpeg_xmp(data: bytes) -> bytes | None:
+    """The XMP packet of a JPEG stream, read from its APP1 segments (whatever Pillow version is installed)."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no more metadata
+            return None
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and body.startswith(XMP_JPEG_HEADER):
+            return body[len(XMP_JPEG_HEADER):]
+        pos += 2 + length
+    return None
+
+
+def _webp_xmp(data: bytes) -> bytes | None:
+    """The ``XMP `` chunk of a WebP (RIFF) file."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if kind == b"XMP ":
+            return data[pos + 8:pos + 8 + size]
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def file_xmp(path: str | Path) -> bytes | None:
+    """The XMP packet of a JPEG or WebP file read from its bytes, or None (PNG keeps it in a text chunk)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_xmp(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_xmp(data)
+    return None
 
 
 def _from_xmp(xmp: bytes | str) -> dict[str, Any] | None:
@@ -129,6 +208,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         for key in ("xmp", "XML:com.adobe.xmp"):
             if key in info and (found := _from_xmp(info[key])) is not None:
                 return found
+        if (raw := file_xmp(p)) is not None and (found := _from_xmp(raw)) is not None:
+            return found
     except (ValueError, ET.ParseError) as exc:
         raise RecipeError(f"{p}: the embedded recipe is damaged ({exc})") from None
     raise RecipeError(
@@ -141,4 +222,6 @@ def is_ai_marked(path: str | Path) -> bool:
     """Whether the file carries the IPTC ``trainedAlgorithmicMedia`` digital source type."""
     with Image.open(path) as img:
         blobs = [v for k, v in img.info.items() if k in ("xmp", "XML:com.adobe.xmp")]
+    if (raw := file_xmp(path)) is not None:
+        blobs.append(raw)
     return any(IPTC_SOURCE_TYPE in (b.decode("utf-8", "replace") if isinstance(b, bytes) else b) for b in blobs)
