@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from kontext_studio.cli.output import err, handles_errors, out, print_json
+from kontext_studio.cli.output import err, escape, handles_errors, out, print_json
 from kontext_studio.core.errors import InvalidRequest
 
 app = typer.Typer(help="Train FLUX.1 Kontext [dev] LoRAs from before/after pairs.", no_args_is_help=True)
@@ -19,7 +19,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on st
 ControlOpt = Annotated[Path | None, typer.Option(help="Folder of the source pictures (ai-toolkit layout) when it "
                                                  "is not DATASET/control.")]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction", help="Instruction for pairs without a caption.")]
-MinSideOpt = Annotated[int, typer.Option(help="Shortest side a picture may have, in pixels.")]
+MinSideOpt = Annotated[int | None, typer.Option(help="Shortest side a picture may have, in pixels (default: half the "
+                                                "training resolution, 256 at 512).")]
 EXIT_DATASET = 2
 
 
@@ -29,10 +30,11 @@ def _print_report(report: Any) -> None:
     colour = {"error": "red", "warning": "yellow"}
     head, *rest = report.summary().splitlines()
     state = "[green]ok[/]" if report.ok else "[red]not trainable as is[/]"
-    out.print(f"{state}  {head}", highlight=False)
+    out.print(f"{state}  {escape(head)}", highlight=False)
     for line in rest:
         sev = line.split(" ", 1)[0]
-        out.print(f"  [{colour.get(sev, 'white')}]{sev}[/]{line[len(sev):]}", highlight=False, soft_wrap=True)
+        out.print(f"  [{colour.get(sev, 'white')}]{escape(sev)}[/]{escape(line[len(sev):])}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -42,16 +44,18 @@ def check(
                                             "or a manifest file.")],
     control: ControlOpt = None,
     instruction: InstructionOpt = None,
-    min_side: MinSideOpt = 256,
+    min_side: MinSideOpt = None,
+    resolution: Annotated[int, typer.Option(help="The training size the pictures are checked for.")] = 512,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a dataset before training (partners, unreadable or tiny pictures, aspect, captions, duplicates).
 
     Exits 2 when a pair has an error.
     """
-    from kontext_studio.training.dataset import check_dataset
+    from kontext_studio.training.dataset import check_dataset, min_side_for
 
-    report = check_dataset(dataset, control, instruction, min_side)
+    report = check_dataset(dataset, control, instruction,
+                           min_side if min_side is not None else min_side_for(resolution))
     if as_json:
         print_json(report.as_dict())
     else:
@@ -76,7 +80,7 @@ def run(
     = None,
     control: ControlOpt = None,
     instruction: InstructionOpt = None,
-    min_side: MinSideOpt = 256,
+    min_side: MinSideOpt = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1000,
     rank: Annotated[int, typer.Option(help="LoRA rank (4-32 typical).")] = 16,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default: the rank).")] = None,
@@ -126,21 +130,14 @@ def run(
     )
 
     from kontext_studio.bootstrap import quiet_third_party_logs
+    from kontext_studio.cli.output import loading
+    from kontext_studio.core.weights import ModelSource, locate
     from kontext_studio.settings import Settings
     from kontext_studio.training.config import TrainConfig
-    from kontext_studio.training.dataset import check_dataset
-    from kontext_studio.training.trainer import LoraTrainer, StepInfo, load_pipeline
+    from kontext_studio.training.dataset import check_dataset, min_side_for
 
     settings = Settings.from_env()
-    report = check_dataset(dataset, control, instruction, min_side)
-    if report.errors and not (skip_bad_pairs and report.usable):
-        if as_json:
-            print_json({"error": {"code": "invalid_dataset", "message": "the dataset has errors"},
-                        "report": report.as_dict()})
-        else:
-            _print_report(report)
-            err.print("[red]error:[/] fix the pairs above or pass --skip-bad-pairs to train on the usable ones")
-        raise typer.Exit(EXIT_DATASET)
+    source = model or settings.model
     if config is not None:
         try:
             raw = json.loads(config.read_text())
@@ -156,10 +153,28 @@ def run(
                           default_instruction=instruction)
         if t := _parse_targets(targets):
             cfg.target_modules = t
+        if resolution is None:
+            # A model that works below 512 px (the tiny test model, 128) trains at its own size; its weights
+            # folder says so without loading anything.
+            found = locate(ModelSource.parse(source, base=base or settings.base_model), settings.hf_token)
+            if found.found and found.resolution < cfg.resolution:
+                cfg.resolution = found.resolution
     cfg.validate()  # a bad option is reported before minutes of loading weights
-    quiet_third_party_logs()
-    err.print(f"loading {model or settings.model}")
-    pipe, described, model_resolution = load_pipeline(model or settings.model, base or settings.base_model,
+    report = check_dataset(dataset, control, instruction,
+                           min_side if min_side is not None else min_side_for(cfg.resolution))
+    if report.errors and not (skip_bad_pairs and report.usable):
+        if as_json:
+            print_json({"error": {"code": "invalid_dataset", "message": "the dataset has errors"},
+                        "report": report.as_dict()})
+        else:
+            _print_report(report)
+            err.print("[red]error:[/] fix the pairs above or pass --skip-bad-pairs to train on the usable ones")
+        raise typer.Exit(EXIT_DATASET)
+    with loading("loading torch and diffusers"):
+        quiet_third_party_logs()
+        from kontext_studio.training.trainer import LoraTrainer, StepInfo, load_pipeline
+    err.print(f"loading {escape(source)}", highlight=False)
+    pipe, described, model_resolution = load_pipeline(source, base or settings.base_model,
                                                       device=device, token=settings.hf_token,
                                                       allow_download=settings.allow_download,
                                                       base_precision=cfg.base_precision)
@@ -186,18 +201,19 @@ def run(
         first = result.validations[0] if result.validations else None
         last = result.validations[-1] if result.validations else None
         if result.lora_path:
-            out.print(f"[green]saved[/] {result.lora_path}  (step {result.step}, loss {result.losses[-1]:.4f}, "
-                      f"{result.seconds:.1f} s)", highlight=False)
-            out.print(f"use it: kontext edit photo.jpg \"...\" -o out.png --lora {result.lora_path}:1.0",
+            out.print(f"[green]saved[/] {escape(str(result.lora_path))}  (step {result.step}, loss "
+                      f"{result.losses[-1]:.4f}, {result.seconds:.1f} s)", highlight=False)
+            out.print(escape(f"use it: kontext edit photo.jpg \"...\" -o out.png --lora {result.lora_path}:1.0"),
                       highlight=False)
         if result.kohya_path:
-            out.print(f"[green]kohya / ComfyUI layout[/] {result.kohya_path}", highlight=False)
+            out.print(f"[green]kohya / ComfyUI layout[/] {escape(str(result.kohya_path))}", highlight=False)
         if first and last and last is not first:
             out.print(f"held-out distance to target: {first['latent_distance']:.4f} at step {first['step']} -> "
                       f"{last['latent_distance']:.4f} at step {last['step']} (latents)", highlight=False)
         if result.status != "completed":
-            err.print(f"[yellow]{result.status}[/] at step {result.step}; checkpoint {result.checkpoint}; continue "
-                      f"with: kontext train-lora run {dataset} -o {output} --resume {output}")
+            err.print(f"[yellow]{result.status}[/] " + escape(
+                f"at step {result.step}; checkpoint {result.checkpoint}; continue with: kontext train-lora run "
+                f"{dataset} -o {output} --resume {output}"), highlight=False)
     if result.status == "interrupted":
         raise typer.Exit(130)
 
@@ -216,7 +232,7 @@ def export(
     if as_json:
         print_json({"output": str(path)})
     else:
-        out.print(f"[green]saved[/] {path}", highlight=False)
+        out.print(f"[green]saved[/] {escape(str(path))}", highlight=False)
 
 
 def register(parent: typer.Typer) -> None:

@@ -379,7 +379,11 @@ class Editor:
             original = load_reference(Reference(path), 0)
             if original.sha256 == origin.get("sha256"):
                 score = self.fidelity.identity(original.image, output)
-                chain["drift"] = {"similarity": score.similarity, "passed": score.passed, "method": score.method}
+                # Drift is reported as drift (0 = unchanged, 1 = nothing of the original left); the similarity
+                # it comes from stays beside it.
+                drift = None if score.similarity is None else round(min(1.0, max(0.0, 1.0 - score.similarity)), 4)
+                chain["drift"] = {"drift": drift, "similarity": score.similarity, "passed": score.passed,
+                                  "method": score.method}
         return chain
 
     def series(self, request: EditRequest, instructions: list[str], on_progress: ProgressFn | None = None,

@@ -33,6 +33,13 @@ TARGET_FOLDERS = ("target", "targets", "after")
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "metadata.jsonl")
 # Below this the model sees only a handful of tokens: the pair teaches nothing (override with min_side).
 DEFAULT_MIN_SIDE = 256
+
+
+def min_side_for(resolution: int) -> int:
+    """The shortest side a picture may have when training at ``resolution``: half of it (256 px at 512),
+    so a picture is never blown up more than twice; the tiny test model's 128 px pairs pass at 128."""
+    return max(16, int(resolution) // 2)
+
 # Source and target are cropped to the same bucket; beyond 2 % the crop cuts different content.
 ASPECT_TOLERANCE = 0.02
 MAX_LISTED = 10
@@ -257,7 +264,7 @@ def check_dataset(root: str | Path, control: str | Path | None = None, default_i
     unreadable = Problem("unreadable", Severity.ERROR, "not a readable image",
                          "re-export the picture as PNG or JPEG, or remove the pair")
     tiny = Problem("too_small", Severity.ERROR, f"shorter side below {min_side} px",
-                   f"use pictures of at least {min_side} px (the model trains at 512-1024 px)")
+                   f"use pictures of at least {min_side} px, or train at a smaller --resolution")
     aspect = Problem("aspect_mismatch", Severity.ERROR, "source and target have different aspect ratios",
                      "crop both to the same framing; they are cut to one working size together")
     caption = Problem("missing_caption", Severity.ERROR if default_instruction is None else Severity.WARNING,
