@@ -59,8 +59,9 @@ def verify(
         out.print(f"IPTC digital source type: {source_type_words(report.iptc_source_type)}", highlight=False)
     if report.recipe:
         r = report.recipe
-        out.print(f"Kontext Studio recipe: {r.get('instruction')!r} (seed {r.get('seed')}, tier {r.get('tier')}); "
-                  "`kontext replay` re-runs it", highlight=False)
+        facts = ", ".join(f"{k} {r[k]}" for k in ("seed", "tier") if r.get(k) is not None)
+        out.print(f"Kontext Studio recipe: {r.get('instruction')!r}" + (f" ({facts})" if facts else "")
+                  + "; `kontext replay` re-runs it", highlight=False)
     raise typer.Exit(code)
 
 
