@@ -37,7 +37,8 @@ def pem(obj: Any) -> bytes:
 
 
 def make_cert(subject: str, key: Any, issuer: tuple[str, Any] | None = None, *, ca: bool = False,
-              ekus: tuple[str, ...] = ("1.3.6.1.5.5.7.3.4",), digital_signature: bool = True) -> Any:
+              ekus: tuple[str, ...] = ("1.3.6.1.5.5.7.3.4",), digital_signature: bool = True,
+              lifetime: dt.timedelta = dt.timedelta(days=90)) -> Any:
     """A certificate for ``key``: issued by ``issuer`` (name, key), or self-signed when None."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -51,7 +52,7 @@ def make_cert(subject: str, key: Any, issuer: tuple[str, Any] | None = None, *, 
     now = dt.datetime.now(dt.UTC)
     b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer_name))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=90))
+         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + lifetime)
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
          .add_extension(x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
                                       key_encipherment=False, data_encipherment=False, key_agreement=False,

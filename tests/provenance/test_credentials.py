@@ -147,3 +147,22 @@ def test_a_local_signer_near_expiry_is_renewed_under_the_same_ca(credentials: Co
     assert (folder / "ca.pem").read_bytes() == pem(ca)  # same CA: earlier outputs still verify as trusted
     assert inspect_provenance(before.data, credentials=credentials).credentials == "trusted"
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
+
+
+def test_an_output_whose_signer_has_expired_reads_as_expired_not_tampered(tmp_path: Path) -> None:
+    import datetime as dt
+    import time
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = make_cert("Short-lived Root", ca_key, ca=True, ekus=())
+    leaf = make_cert("Short-lived signer", key, ("Short-lived Root", ca_key), lifetime=dt.timedelta(seconds=3))
+    (tmp_path / "chain.pem").write_bytes(pem(leaf) + pem(ca))
+    (tmp_path / "key.pem").write_bytes(pem(key))
+    creds = ContentCredentials(CredentialConfig(folder=tmp_path / "local", cert_chain=tmp_path / "chain.pem",
+                                                key=tmp_path / "key.pem"))
+    signed = sign_output(png_bytes(), "png", ContentClaim(), credentials=creds)
+    assert inspect_provenance(signed.data, credentials=creds).credentials == "trusted"
+    time.sleep(max(0.0, (leaf.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()) + 1.5)
+    report = inspect_provenance(signed.data, credentials=creds)
+    assert report.credentials == "expired" and not report.validates
+    assert "has expired" in report.credentials_text and "changed" not in report.credentials_text

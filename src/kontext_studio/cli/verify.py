@@ -12,8 +12,8 @@ from kontext_studio.cli.output import handles_errors, out, print_json
 if TYPE_CHECKING:
     from kontext_studio.core.provenance.credentials import ContentCredentials
 
-# Exit codes scripts can rely on: 0 the manifest validates; 1 it fails (changed after signing);
-# 4 there is no manifest (or it could not be checked). Bad input exits 2 like every command.
+# Exit codes scripts can rely on: 0 the manifest validates; 1 it fails (changed after signing, or its
+# certificate expired); 4 there is no manifest (or it could not be checked). Bad input exits 2 like every command.
 EXIT_INVALID, EXIT_NO_CREDENTIALS = 1, 4
 
 
@@ -32,16 +32,19 @@ def verify(
 ) -> None:
     """Check IMAGE's content credentials (C2PA) and say whether and how it was made or edited with AI.
 
-    Exits 0 when its manifest validates, 1 when it fails validation, 4 when it has none.
+    Exits 0 when its manifest validates, 1 when it fails validation (or its certificate expired), 4 when it
+    has none.
     """
     from kontext_studio.core.provenance.inspect import inspect_provenance
 
     report = inspect_provenance(image, installation_credentials())
-    code = 0 if report.validates else EXIT_INVALID if report.credentials == "invalid" else EXIT_NO_CREDENTIALS
+    code = 0 if report.validates else EXIT_INVALID if report.credentials in ("invalid", "expired") \
+        else EXIT_NO_CREDENTIALS
     if as_json:
         print_json(report.to_dict())
         raise typer.Exit(code)
-    colour = {"trusted": "green", "unknown_issuer": "yellow", "invalid": "bold red"}.get(report.credentials, "dim")
+    colour = {"trusted": "green", "unknown_issuer": "yellow", "expired": "yellow",
+              "invalid": "bold red"}.get(report.credentials, "dim")
     out.print(f"[bold]{image}[/]  {report.format} {report.size[0]}×{report.size[1]}" if report.size else
               f"[bold]{image}[/]", highlight=False)
     out.print(f"content credentials: [{colour}]{report.credentials_text}[/]", highlight=False)
@@ -51,7 +54,7 @@ def verify(
         signer = f" — signed by {step.signer}" if step.signer else ""
         when = f" on {step.signed_at}" if step.signed_at else ""
         out.print(f"  {i + 1}. {step.sentence()}{signer}{when}", highlight=False)
-    for failure in report.failures if report.credentials == "invalid" else []:
+    for failure in report.failures if report.credentials in ("invalid", "expired") else []:
         out.print(f"  [red]✗[/] {failure}", highlight=False)
     if report.iptc_source_type:
         from kontext_studio.core.provenance.inspect import source_type_words

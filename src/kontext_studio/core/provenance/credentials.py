@@ -41,7 +41,9 @@ EKU_DOCUMENT_SIGNING = "1.3.6.1.5.5.7.3.36"
 EKU_TIME_STAMPING = "1.3.6.1.5.5.7.3.8"
 EKU_OCSP_SIGNING = "1.3.6.1.5.5.7.3.9"
 C2PA_SIGNER_EKUS = frozenset({EKU_EMAIL_PROTECTION, EKU_TIME_STAMPING, EKU_OCSP_SIGNING})
-CA_YEARS, SIGNER_DAYS, RENEW_DAYS = 10, 730, 30
+# Outputs carry no trusted timestamp (signing works offline), so a reader checks the signing certificate
+# against today's date: a long-lived signer keeps outputs verifying for years. Renewed a month before expiry.
+CA_YEARS, SIGNER_DAYS, RENEW_DAYS = 20, 5 * 365, 30
 
 
 class CredentialsError(KontextError):

@@ -143,8 +143,9 @@ class ProvenanceReport:
         ai_generated: True when a manifest or mark says AI made or edited it, False when a manifest
             records its history with no AI step, None when nothing says.
         credentials: ``trusted`` (signed by a CA this installation trusts), ``unknown_issuer`` (intact,
-            signer not trusted here), ``invalid`` (fails validation: changed after signing, or a broken
-            signature), ``none`` (no manifest) or ``unavailable`` (the C2PA library is not installed).
+            signer not trusted here), ``expired`` (intact, but the signing certificate has expired and no
+            timestamp proves when it signed), ``invalid`` (fails validation: changed after signing, or a
+            broken signature), ``none`` (no manifest) or ``unavailable`` (the C2PA library is not installed).
         credentials_text: that verdict in words.
         signer, issuer: who signed the newest manifest, and who issued their certificate.
         failures: the validation failures (``code: explanation``).
@@ -281,6 +282,10 @@ def _verdict(state: str, failures: list[str], signer: str | None, issuer: str | 
     if state == "valid" and set(codes) <= {"signingCredential.untrusted"}:
         return "unknown_issuer", (f"intact but signed by an unknown issuer ({who}): the image has not changed "
                                   "since it was signed, but nothing here vouches for the signer")
+    if "signingCredential.expired" in codes and set(codes) <= {"signingCredential.expired",
+                                                                "signingCredential.untrusted"}:
+        return "expired", (f"intact, but the signing certificate ({who}) has expired and no trusted timestamp "
+                           "proves the image was signed while it was valid")
     if any(c.startswith("assertion.dataHash") or c.startswith("assertion.boxesHash") for c in codes):
         return "invalid", ("FAILS validation: the pixels were changed after the image was signed, so its "
                            "content credentials no longer describe it")
