@@ -89,6 +89,15 @@ GOOD = [
          roles=("subject", "style")),
     case("Put her in the dress from the second image; keep her face and pose unchanged", references=2,
          roles=("subject", "garment")),
+    # The README's examples: a named look as a fragment is a complete instruction for the whole picture.
+    case("as an oil painting"),
+    case("in the style of Van Gogh"),
+    case("as a watercolor painting with soft washes"),
+    case("make it snowy"),
+    case("put it on a beach at sunset"),
+    case("relight in golden hour"),
+    case("She wears the navy suit from the second image; keep her face and pose the same", references=2),
+    case("The man holds the bottle from the second image", references=2),
 ]
 
 BAD = [
@@ -111,10 +120,8 @@ BAD = [
     case("Put it on a marble countertop", "no_preservation", roles=("object",),
          spans={"no_preservation": ("marble countertop",)}),
     # --- fragments without a verb
-    case("as an oil painting", "no_edit_verb", spans={"no_edit_verb": ("oil painting",)}),
     case("in a navy suit", "no_edit_verb", "no_preservation", spans={"no_edit_verb": ("navy suit",),
                                                                      "no_preservation": ("navy suit",)}),
-    case("in the style of Van Gogh", "no_edit_verb", spans={"no_edit_verb": ("van gogh",)}),
     case("Golden hour", "no_edit_verb", spans={"no_edit_verb": ("golden hour",)}),
     case("The bottle on a marble countertop", "no_edit_verb", roles=("object",),
          spans={"no_edit_verb": ("marble countertop",)}),
@@ -146,17 +153,18 @@ BAD = [
     case("Put the woman on a beach at sunset, change her outfit to a white summer dress, make it a watercolor; keep "
          "her face", "too_many_changes", spans={"too_many_changes": ("beach", "summer dress", "watercolor")}),
     # --- vague changes
-    case("make it better", "vague_change", spans={"vague_change": ("better",)}),
-    case("improve it", "vague_change", spans={"vague_change": ("improve",)}),
-    case("fix it", "vague_change", spans={"vague_change": ("fix",)}),
-    case("enhance", "vague_change", spans={"vague_change": ("enhance",)}),
-    case("Make her look nicer", "vague_change", spans={"vague_change": ("nicer",)}),
-    case("make it look more professional", "vague_change", spans={"vague_change": ("professional",)}),
-    case("make her look more professional", "vague_change", spans={"vague_change": ("professional",)}),
-    case("Make it cool and improve the photo", "vague_change", spans={"vague_change": ("cool",)}),
+    case("make it better", "vague_change", spans={"vague_change": ("better",)}, rewrite=False),
+    case("improve it", "vague_change", spans={"vague_change": ("improve",)}, rewrite=False),
+    case("fix it", "vague_change", spans={"vague_change": ("fix",)}, rewrite=False),
+    case("enhance", "vague_change", spans={"vague_change": ("enhance",)}, rewrite=False),
+    case("Make her look nicer", "vague_change", spans={"vague_change": ("nicer",)}, rewrite=False),
+    case("make it look more professional", "vague_change", spans={"vague_change": ("professional",)}, rewrite=False),
+    case("make her look more professional", "vague_change", spans={"vague_change": ("professional",)}, rewrite=False),
+    case("Make it cool and improve the photo", "vague_change", spans={"vague_change": ("cool",)}, rewrite=False),
     # --- styles without a name
-    case("make it artistic", "unnamed_style", spans={"unnamed_style": ("artistic",)}),
-    case("Change the style of the photo; keep the composition", "unnamed_style", spans={"unnamed_style": ("style",)}),
+    case("make it artistic", "unnamed_style", spans={"unnamed_style": ("artistic",)}, rewrite=False),
+    case("Change the style of the photo; keep the composition", "unnamed_style", spans={"unnamed_style": ("style",)},
+         rewrite=False),
     # --- text edits without quotes
     case("change the sign text from OPEN to CLOSED", "unquoted_text", spans={"unquoted_text": ("CLOSED",)}),
     case("Replace the word Sale with Clearance on the banner", "unquoted_text",
@@ -174,6 +182,14 @@ BAD = [
          spans={"no_preservation": ("jacket",)}),
     case("Make her wear his jacket", "ambiguous_pronoun", "no_preservation", references=2,
          roles=("subject", "subject"), spans={"ambiguous_pronoun": ("her",)}),
+    # --- the README's multi-reference example and its variants: a statement of the change (kept as the user
+    # wrote it, with a preservation clause added)
+    case("she wears the navy suit from the second image", "no_preservation", references=2,
+         spans={"no_preservation": ("navy suit", "second image")}),
+    case("The woman is wearing the jacket from image 2", "no_preservation", references=2,
+         spans={"no_preservation": ("jacket",)}),
+    case("he wears the watch from the second photo", "no_preservation", references=2,
+         spans={"no_preservation": ("watch",)}),
     # --- nothing at all
     case("", "empty_prompt", rewrite=False),
     case("   ", "empty_prompt", rewrite=False),

@@ -82,8 +82,7 @@ def test_bfl_style_rewrites() -> None:
         "Put the woman on a beach at sunset; keep her face, pose and outfit exactly the same.")
     assert coach("in a navy suit").rewrite == (
         "Dress the person in a navy suit; keep their face, pose, expression and the background exactly the same.")
-    assert coach("as an oil painting").rewrite == (
-        "Turn the image into an oil painting; keep the composition and layout the same.")
+    assert coach("as art").rewrite == "Turn the image into art; keep the composition and layout the same."
     assert coach("change the sign text from OPEN to CLOSED").rewrite == (
         'Replace "OPEN" with "CLOSED" on the sign; keep the font, colours and layout exactly the same.')
     many = coach("change the background to a beach and make her wear a red dress and turn it into a watercolor "

@@ -61,8 +61,8 @@ def test_scene_file_names_keep_whole_words() -> None:
     name = scene_file_name(1, "put her on a beach at sunset with golden light and long shadows")
     assert name == "01-put-her-on-a-beach-at-sunset-with-golden.png"
     stem = name[3:-4]
-    assert all(w in "put her on a beach at sunset with golden light and long shadows".split()
-               for w in stem.split("-"))
+    asked = "put her on a beach at sunset with golden light and long shadows"
+    assert all(w in asked.split(" ") for w in stem.split("-"))
     assert scene_file_name(12, "###") == "12-scene.png"
     assert scene_file_name(2, "x" * 60) == "02-" + "x" * 40 + ".png"
 
@@ -77,7 +77,7 @@ def test_series_prints_the_reference_notes_edit_prints(tiny_model_dir: Path, tmp
     prompts.write_text("put it on a beach at sunset with golden light and long shadows\nin the snow\n")
     code, _, edit_err = kontext("edit", photo, "in the snow", "-o", tmp_path / "one.png", "--steps", "1")
     assert code == 0
-    code, stdout, series_err = kontext("series", photo, "--prompts", prompts, "-o", tmp_path / "s", "--steps", "1",
+    code, _, series_err = kontext("series", photo, "--prompts", prompts, "-o", tmp_path / "s", "--steps", "1",
                                        "--seed", "3")
     assert code == 0, series_err
     edit_notes = [ln for ln in edit_err.splitlines() if ln.startswith("note: reference 1")]

@@ -33,7 +33,7 @@ def pillow_10_4(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make JPEG saving drop ``xmp=`` and opening hide ``info['xmp']``, as the lowest accepted Pillow does."""
     real_save, real_open = Image.Image.save, Image.open
 
-    def save(self: Image.Image, fp: Any, format: str | None = None, **params: Any) -> None:  # noqa: A002
+    def save(self: Image.Image, fp: Any, format: str | None = None, **params: Any) -> None:
         if (format or "").upper() == "JPEG" or str(fp).lower().endswith((".jpg", ".jpeg")):
             params.pop("xmp", None)
         real_save(self, fp, format, **params)

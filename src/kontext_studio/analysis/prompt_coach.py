@@ -281,6 +281,17 @@ _GARMENT_SELECTOR = _rx(rf"\b(?:{_PERSON_NOUN})\s+(?:with|wearing|in)\s+the\s+(?
 _NOW_STATEMENT = _rx(r"\b(?:is|are)\s+now\b|\bnow\s+(?:wears|wearing|has|holds|holding|sits|sitting|stands|"
                      r"standing|in|on|at)\b|\b(?:should|must|needs?\s+to|has\s+to|have\s+to)\s+(?:be|wear|have|"
                      r"look|stand|sit|hold|appear|get)\b")
+# "She wears the navy suit from the second image", "the man holds the bottle": a subject and a present-tense
+# action say what the result shows of the subject; like BFL's "She is now ...", a statement of the change.
+STATEMENT_VERBS = ("wears", "wearing", "holds", "holding", "carries", "carrying", "sits", "sitting", "stands",
+                   "standing", "rides", "riding", "drinks", "drinking", "eats", "eating", "reads", "reading", "plays",
+                   "playing", "walks", "walking", "smiles", "smiling", "poses", "posing", "lies", "lying", "leans",
+                   "leaning", "dances", "dancing", "jumps", "jumping", "waves", "waving", "hugs", "hugging", "uses",
+                   "using", "sips", "sipping", "has", "gets", "looks", "looking", "kneels", "kneeling")
+_SUBJECT_STATEMENT = _rx(
+    rf"^(?:she|he|they|(?:the|this|that)\s+(?:[\w-]+\s+){{0,2}}?(?:{_alt(PERSON_NOUNS)}|{_alt(NEUTRAL_PERSON)}|"
+    rf"{_alt(PRODUCTS)}))(?:\s+(?:from|in)\s+(?:the\s+)?(?:first|second|third|fourth|\d|other)\s+"
+    rf"(?:image|photo|picture|reference)(?:\s+\d)?)?\s+(?:is\s+|are\s+)?(?:now\s+)?(?:{_alt(STATEMENT_VERBS)})\b")
 _STYLE_AS = _rx(r"^as\s+(?:a|an)\s+")
 _STYLE_PHRASE = _rx(r"^in\s+(?:the\s+)?(?:style|manner)\s+of\b|^in\s+(?:(?:a|an)\s+)?(?:[\w-]+\s+){0,3}?style\b")
 _LIGHTING = _rx(
@@ -368,7 +379,7 @@ _ONE_WORD_DESCRIPTOR = _rx(rf"^(?:[\w-]+ing|{_alt(PERSON_ADJ)})$")
 _NOT_ATTACHED = _rx(rf"\b(?:{_alt(LOC_PREPS)}|for|of|from)\b")
 _HEAD_NOUN = _rx(rf"(?:[\s,-]+[\w-]+){{0,1}}?[\s,-]+(?:{_PERSON_NOUN})\b")
 _HAS_PERSON_NOUN = _rx(rf"\b(?:{_PERSON_NOUN})\b")
-_DET_START = _rx(r"(?:a|an|the|some|\d)\b")
+_DET_START = _rx(r"(?:a|an|the|some|her|his|their|its|this|that|these|those|my|your|our|she|he|they|it|\d)\b")
 _WORDS = re.compile(r"\S+")
 BOILERPLATE = ("cinematic", "highly detailed", "ultra detailed", "hyper detailed", "detailed", "8k", "4k", "hd",
                "uhd", "hdr", "masterpiece", "best quality", "high quality", "ultra realistic", "hyperrealistic",
@@ -533,7 +544,7 @@ def _segment(prompt: str, lowered: str, start: int, end: int) -> _Segment:
     elif _DESCRIBE.match(rest):
         kind = "describe"
     elif (word is not None and (word in STRONG_VERBS or word in AMBIGUOUS_VERBS)) or _STRONG_ANY.search(low) \
-            or _NOW_STATEMENT.search(low):
+            or _NOW_STATEMENT.search(low) or _SUBJECT_STATEMENT.match(rest) or _named_style_fragment(rest):
         kind = "change"
     elif has_keep:
         kind = "keep"
@@ -542,6 +553,15 @@ def _segment(prompt: str, lowered: str, start: int, end: int) -> _Segment:
     cats = _categories(rest, text[i:]) if kind in ("change", "plain") else frozenset()
     return _Segment(start, end, text, low, kind, word if kind == "change" else None, i,
                     has_keep or kind == "keep", cats)
+
+
+def _named_style_fragment(rest: str) -> bool:
+    """"as an oil painting", "in the style of Van Gogh": a named look for the whole picture, a complete
+    instruction for an editing model (an unnamed one, "as art", is left to the style check)."""
+    if not (_STYLE_AS.match(rest) or _STYLE_PHRASE.match(rest)):
+        return False
+    return bool(_STYLE_NAMED.search(rest) or any((x.group(1) or x.group(2) or "") not in STYLE_FILLER_WORDS
+                                                 for x in _STYLE_X.finditer(rest)))
 
 
 def _text_edit_match(low: str, original: str) -> re.Match[str] | None:
@@ -1221,6 +1241,9 @@ def _rewrite(ctx: _Context, findings: list[Finding], subs: list[tuple[int, int, 
     """One rewrite of the whole prompt that addresses every finding (``None`` when there is nothing to fix)."""
     codes = {f.code for f in findings}
     if not codes - {TOO_LONG, EMPTY_PROMPT}:
+        return None
+    if codes & {VAGUE_CHANGE, UNNAMED_STYLE}:
+        # Only the user knows which change or which style they mean: a rewrite would have to invent one.
         return None
     prompt = ctx.prompt
     subject = ctx.subject
