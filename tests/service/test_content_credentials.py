@@ -11,7 +11,12 @@ from fastapi.testclient import TestClient
 from kontext_studio.bootstrap import content_credentials
 from kontext_studio.core.backends.fake import FakeBackend
 from kontext_studio.core.engine import Editor
-from kontext_studio.core.provenance import current_content_credentials, use_content_credentials
+from kontext_studio.core.provenance import (
+    ContentCredentials,
+    CredentialConfig,
+    current_content_credentials,
+    use_content_credentials,
+)
 from kontext_studio.core.provenance.inspect import inspect_provenance
 from kontext_studio.core.recipe import read_recipe
 from kontext_studio.service.inputs import data_url
@@ -45,6 +50,7 @@ def test_stored_prediction_output_is_signed_by_this_installation(settings: Setti
         image = client.http.get(done["output"]).content
         as_webp = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/webp/"))
         bad_format = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/gif/"))
+        ca = client.http.get("/v1/credentials/ca.pem")
         bad_sig = client.http.get(done["output"].replace("/v1/files/", "/v1/convert/png/").replace("sig=", "sig=x"))
     report = inspect_provenance(image, credentials=content_credentials(settings))
     assert report.credentials == "trusted", report.summary
@@ -64,3 +70,29 @@ def test_stored_prediction_output_is_signed_by_this_installation(settings: Setti
     assert converted.recipe is not None and converted.recipe["seed"] == 3
     assert bad_format.status_code == 422 and "png, jpeg or webp" in bad_format.json()["detail"]
     assert bad_sig.status_code == 403
+    # Anyone can fetch the CA to trust this server's outputs; it is the one the signer chains to.
+    assert ca.status_code == 200 and ca.content == (settings.home / "credentials" / "ca.pem").read_bytes()
+    elsewhere = ContentCredentials(CredentialConfig(folder=tmp_path / "reader"))
+    (tmp_path / "reader").mkdir()
+    (tmp_path / "reader" / "ca.pem").write_bytes(ca.content)
+    assert inspect_provenance(image, credentials=elsewhere).credentials == "trusted"
+
+
+def test_no_ca_to_hand_out_is_a_404_problem(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+
+    from kontext_studio.core.errors import KontextError
+    from kontext_studio.core.provenance import credentials as credentials_module
+    from kontext_studio.service.api.credentials import credentials_router
+    from kontext_studio.service.api.problems import kontext_error_handler
+
+    app = FastAPI()
+    app.add_exception_handler(KontextError, kontext_error_handler)
+    app.include_router(credentials_router(storage=None, verify_url=lambda *_: None))  # type: ignore[arg-type]
+    before = (credentials_module._current, credentials_module._provider)
+    credentials_module._current, credentials_module._provider = None, None
+    try:
+        r = TestClient(app).get("/v1/credentials/ca.pem")
+    finally:
+        credentials_module._current, credentials_module._provider = before
+    assert r.status_code == 404 and "does not sign" in r.json()["detail"]
