@@ -49,9 +49,10 @@ TABLES = {
     "series",
     "training_runs",
     "user_loras",
-    # the library's favourites and share links (0007)
+    # the library's favourites and share links (0007), settings entered in the studio (0008)
     "library_marks",
     "share_links",
+    "server_settings",
 }
 
 

@@ -46,7 +46,7 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
                                            shot: Callable[[Any, str], Path]) -> None:
     size, page = sized
     pages = {"studio": "/", "series": "/series", "library": "/library", "account": "/account",
-             "prediction": f"/predictions/{finished_prediction}", "not-found": "/no/such/page"}
+             "prediction": f"/predictions/{finished_prediction}", "settings": "/settings", "not-found": "/no/such/page"}
     for name, path in pages.items():
         page.goto(studio.url + path)
         page.wait_for_load_state("networkidle")

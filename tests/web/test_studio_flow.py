@@ -113,7 +113,7 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     page.get_by_role("link", name="Library", exact=True).click()
     expect(page).to_have_url(re.compile("/library"))
     expect(page.get_by_test_id("library-item").nth(2)).to_be_visible()
-    page.fill("#q", "snowy")
+    page.fill("#q", "snowy background")  # every word must appear (a series scene elsewhere is "snowy" too)
     expect(page.get_by_test_id("library-item")).to_have_count(1)
     page.fill("#q", "")
     page.select_option("#kind", "session")

@@ -188,3 +188,43 @@ def test_missing_weights_banner_and_phone_layout(browser: Any, studio: Studio, m
         shot(page, "13-phone-history")
     finally:
         context.close()
+
+
+def test_admin_enters_the_bfl_key_in_settings(page: Any, studio: Studio, shot: Callable[[Any, str], Path]) -> None:
+    page.goto(studio.url + "/")
+    pro = page.locator('[data-model="pro"]')
+    expect(pro.locator('input[name="tier"]')).to_be_disabled()
+    expect(pro.get_by_test_id("model-unavailable")).to_contain_text("under Settings")
+    page.get_by_role("link", name="Settings", exact=True).click()
+    expect(page.get_by_test_id("bfl-state")).to_have_text("No key is stored here.")
+    page.get_by_label("BFL API key").fill("bfl-browser-key-123")
+    page.get_by_test_id("bfl-save").click()
+    expect(page.get_by_test_id("bfl-state")).to_contain_text("A key is stored")
+    expect(page.get_by_label(re.compile("key", re.I)).first).to_have_value("")
+    shot(page, "15-settings")
+    page.reload()
+    expect(page.locator("body")).not_to_contain_text("bfl-browser-key-123")  # never shown back
+    page.goto(studio.url + "/")
+    expect(pro.locator('input[name="tier"]')).to_be_enabled()
+    expect(pro.get_by_test_id("model-unavailable")).to_have_count(0)
+
+    # Removing it (after a confirmation) makes the hosted models unavailable again.
+    page.goto(studio.url + "/settings")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("bfl-remove").click()
+    expect(page.get_by_test_id("bfl-state")).to_have_text("No key is stored here.")
+    page.goto(studio.url + "/")
+    expect(pro.locator('input[name="tier"]')).to_be_disabled()
+
+    # Someone who is not an administrator finds no settings page.
+    _user, key = studio.new_user(credits=0)
+    other = page.context.browser.new_context()
+    try:
+        p2 = other.new_page()
+        p2.goto(studio.url + "/sign-in")
+        p2.fill("#api_key", key)
+        p2.get_by_role("button", name="Sign in").click()
+        expect(p2.get_by_role("link", name="Settings")).to_have_count(0)
+        assert p2.goto(studio.url + "/settings").status == 404
+    finally:
+        other.close()

@@ -119,6 +119,15 @@ class Editor:
         self.fidelity = fidelity
 
     # -- plumbing -----------------------------------------------------------------------------
+    def use_backend(self, name: str, backend: EditBackend | None) -> None:
+        """Install the backend behind ``name`` while the process runs (None removes it), e.g. the hosted
+        backend once an administrator enters its API key in the studio's settings."""
+        self._factories.pop(name, None)
+        if backend is None:
+            self._backends.pop(name, None)
+        else:
+            self._backends[name] = backend
+
     def backend_for(self, tier: TierSpec) -> EditBackend:
         """The backend that runs ``tier``.
 

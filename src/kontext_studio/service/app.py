@@ -26,6 +26,8 @@ from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.admin import BFL_KEY, SqlServerSettings, install_bfl_key
+from kontext_studio.service.api.admin_settings import admin_settings_router
 from kontext_studio.service.api.credentials import credentials_router
 from kontext_studio.service.api.library import library_router
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
@@ -478,6 +480,10 @@ def create_app(engine: Any, storage: Storage, editor: Editor, secret: bytes, *, 
         file_url_for=lambda request, key: file_url(base_of(request), key), owns_file=files.owns,
         submit=submit_for_studio, free=free))
     app.state.library = SqlLibrary(sessions, secret)
+    app.state.server_settings = SqlServerSettings(sessions, secret)
+    if stored_bfl_key := app.state.server_settings.get(BFL_KEY):  # entered by an administrator in the studio
+        install_bfl_key(editor, stored_bfl_key)
+    app.include_router(admin_settings_router(app.state.server_settings, editor, current_user))
     app.include_router(library_router(app.state.library, sessions, current_user,
                                       lambda request, key: file_url(base_of(request), key)))
     mount_studio(app, auth=studio_auth, accounts=accounts, jobs=jobs, editor=editor, free=free,

@@ -28,10 +28,11 @@ LEDGER_ROWS = 200
 def mount_pages(app: FastAPI, *, templates: Jinja2Templates, render: Callable[..., Response],
                 signed_in: Callable[[Request], Any], accounts: SqlAccounts, jobs: JobStore,
                 file_url_for: Callable[[Request, str], str]) -> None:
-    """Add /library, /account and /s/<token> to ``app``.
+    """Add /library, /account, /settings (administrators) and /s/<token> to ``app``.
 
     Args:
-        app: the service app (``app.state.library`` holds the library store).
+        app: the service app (``app.state.library`` holds the library store, ``app.state.server_settings`` the
+            settings an administrator enters).
         templates: the studio's templates.
         render: ``render(request, page, template, status_code=200, **context)`` from the studio.
         signed_in: request → the signed-in page context, or a redirect response to the sign-in page.
@@ -74,6 +75,17 @@ def mount_pages(app: FastAPI, *, templates: Jinja2Templates, render: Callable[..
                            "amount": e.amount, "kind": e.kind, "created_at": e.created_at} for e in entries]
         return render(request, page, "account.html", keys=accounts.list_api_keys(page.user.id), usage=usage,
                       days=day_totals(rows), ledger=ledger)
+
+    @app.get("/settings", response_class=HTMLResponse, include_in_schema=False)
+    def settings_page(request: Request) -> Response:
+        page = signed_in(request)
+        if isinstance(page, Response):
+            return page
+        if not page.user.is_admin:
+            return render(request, page, "not_found.html", status_code=404, what="settings page")
+        from kontext_studio.service.admin import BFL_KEY
+
+        return render(request, page, "settings.html", bfl=app.state.server_settings.state(BFL_KEY))
 
     @app.get("/s/{token}", response_class=HTMLResponse, include_in_schema=False)
     def shared(request: Request, token: str) -> Response:

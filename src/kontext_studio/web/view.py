@@ -63,7 +63,7 @@ def unavailable_reason(spec: TierSpec, *, settings_page: bool) -> str:
     return "This model's weights are not installed on this server; ask its administrator to install them."
 
 
-def model_card(spec: TierSpec, *, configured: bool, free: bool, settings_page: bool = False) -> dict[str, Any]:
+def model_card(spec: TierSpec, *, configured: bool, free: bool, settings_page: bool = True) -> dict[str, Any]:
     """One model card's facts.
 
     Args:

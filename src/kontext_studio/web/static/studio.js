@@ -1198,7 +1198,33 @@ function setupAccount() {
   });
 }
 
+// ---- settings (administrators) ------------------------------------------------------------------------
+function setupSettings() {
+  const form = $("#bfl-form");
+  if (!form) return;
+  const state = $("#bfl-state");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError($("#bfl-error"), "");
+    try {
+      await api("PUT", "/v1/admin/settings/bfl-api-key", {key: $("#bfl-key").value});
+      $("#bfl-key").value = "";  // never kept in the page
+      state.textContent = "A key is stored (saved just now). The hosted models are available.";
+      $("#bfl-remove").hidden = false;
+    } catch (err) { showError($("#bfl-error"), err.message); }
+  });
+  $("#bfl-remove").addEventListener("click", async () => {
+    if (!window.confirm("Remove the stored BFL API key? The hosted models stop working at once.")) return;
+    try {
+      await api("DELETE", "/v1/admin/settings/bfl-api-key");
+      state.textContent = "No key is stored here.";
+      $("#bfl-remove").hidden = true;
+    } catch (err) { showError($("#bfl-error"), err.message); }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setupSettings();
   setupPicking();
   setupStudio();
   setupMask();
