@@ -166,3 +166,17 @@ def test_an_output_whose_signer_has_expired_reads_as_expired_not_tampered(tmp_pa
     report = inspect_provenance(signed.data, credentials=creds)
     assert report.credentials == "expired" and not report.validates
     assert "has expired" in report.credentials_text and "changed" not in report.credentials_text
+
+
+def test_processes_starting_together_share_one_chain(tmp_path: Path) -> None:
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = tmp_path / "home" / "credentials"
+    with ThreadPoolExecutor(4) as pool:
+        chains = list(pool.map(lambda _: ContentCredentials(CredentialConfig(folder=folder)).identity().chain_pem,
+                               range(4)))
+    assert len(set(chains)) == 1
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["credentials"]  # no leftovers
+    leaf = x509.load_pem_x509_certificates(chains[0])[0]
+    assert socket.gethostname() not in leaf.subject.rfc4514_string()  # outputs do not name the machine

@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,7 +172,8 @@ def create_local_chain(folder: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    label = f"{socket.gethostname()[:32]} {secrets.token_hex(3)}"
+    # A random name: every output shows its signer's certificate, so it must not reveal the machine's name.
+    label = f"installation {secrets.token_hex(4)}"
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Kontext Studio local CA ({label})"),
