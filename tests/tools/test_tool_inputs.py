@@ -85,10 +85,12 @@ def test_wrong_format_is_refused_with_the_formats_read() -> None:
 
 
 def test_huge_image_is_refused_before_decoding_by_the_tools_own_limit() -> None:
-    # 1200x1200 is fine for resize but over the upscaler's 1 MP: refused from the header, no model run.
+    # 1200x1200 is fine for resize, and for the photo upscale, but over Real-ESRGAN's 0.25 MP: refused from
+    # the header, no model run.
     big = png_bytes(Image.new("RGB", (1200, 1200), "white"))
-    with pytest.raises(ToolImageError, match="1 MP"):
+    with pytest.raises(ToolImageError, match=r"0\.25 MP"):
         run_tool("upscale", [big], {"mode": "quality"})
+    assert run_tool("upscale", [big], {"mode": "photo"}).image.size == (2400, 2400)  # type: ignore[union-attr]
     assert run_tool("resize", [big], {"width": 10}).image.size == (10, 10)  # type: ignore[union-attr]
     # A PNG header claiming 30000x30000 (a decompression bomb) is refused for every tool.
     bomb = png_bytes(Image.new("1", (30000, 30000)))

@@ -81,7 +81,9 @@ def _print_params(name: str) -> None:
     if spec is not None:
         lim = spec.limits
         count = f"{lim.min_inputs}" if lim.min_inputs == lim.max_inputs else f"{lim.min_inputs}-{lim.max_inputs}"
-        out.print(f"images: {count}; largest input {lim.max_pixels / 1e6:g} MP; mask: {lim.mask}", highlight=False)
+        largest = spec.max_pixels(spec.default_params()) / 1e6
+        out.print(f"images: {count}; largest input {largest:g} MP with the defaults; mask: {lim.mask}",
+                  highlight=False)
     for p in params:
         allowed = ", ".join(p.choices) if p.choices else (
             f"{p.minimum:g} to {p.maximum:g}" if p.kind in ("int", "float") and p.minimum is not None

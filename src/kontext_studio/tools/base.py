@@ -293,6 +293,7 @@ class ToolSpec:
         run: the tool on validated input and parameters.
         model: which installable model it needs (see :mod:`kontext_studio.tools.models`), if any.
         free: free tools cost no credits.
+        pixel_limit: a smaller input limit for some parameter values (the parameters in, pixels out).
     """
 
     name: str
@@ -304,15 +305,29 @@ class ToolSpec:
     run: Callable[[ToolInput, Any], ToolResult]
     model: str | None = None
     free: bool = True
+    pixel_limit: Callable[[Any], int] | None = None
 
     @property
     def params(self) -> tuple[Param, ...]:
         return self.params_type.params()
+
+    def default_params(self) -> ToolParams | None:
+        """The parameters with every default (None when the tool has a required one)."""
+        try:
+            return self.params_type()
+        except KontextError:  # a tool with a required parameter: its general limit
+            return None
+
+    def max_pixels(self, params: ToolParams | None = None) -> int:
+        """The largest input for these parameters (a slow mode of a tool may take less than its fast one)."""
+        if params is not None and self.pixel_limit is not None:
+            return min(self.limits.max_pixels, self.pixel_limit(params))
+        return self.limits.max_pixels
 
     def as_dict(self) -> dict[str, Any]:
         lim = self.limits
         return {"name": self.name, "title": self.title, "description": self.description, "category": self.category,
                 "free": self.free, "credits": 0, "model": self.model,
                 "inputs": {"min": lim.min_inputs, "max": lim.max_inputs}, "mask": lim.mask,
-                "max_pixels": lim.max_pixels, "transparent_output": lim.alpha_out,
+                "max_pixels": self.max_pixels(self.default_params()), "transparent_output": lim.alpha_out,
                 "params": [p.as_dict() for p in self.params]}

@@ -172,11 +172,20 @@ def erase(image: Image.Image, mask: Image.Image, params: EraseParams = ErasePara
         if not patch_match.patchmatch_available:
             raise ToolImageError("the PatchMatch library did not load on this machine; use method=fast",
                                  field="method")
-        # PatchMatch wants the hole as mask=255 on a 3-channel image; smooth-filled first so the patch search
-        # does not start from black.
-        seeded = cv2.inpaint(rgb, m8, 5, cv2.INPAINT_TELEA)
-        filled = patch_match.inpaint(seeded, mask=m8, patch_size=7)
-        out = np.where(m[..., None], filled, rgb)
+        # PatchMatch searches the whole picture it is given: a window around the hole (its own size on each
+        # side) keeps the cost near the hole's size rather than the photo's, and the source texture local.
+        ys, xs = np.nonzero(m)
+        h, w = m.shape
+        pad_y = max(48, int(ys.max() - ys.min() + 1))
+        pad_x = max(48, int(xs.max() - xs.min() + 1))
+        y0, y1 = max(0, int(ys.min()) - pad_y), min(h, int(ys.max()) + 1 + pad_y)
+        x0, x1 = max(0, int(xs.min()) - pad_x), min(w, int(xs.max()) + 1 + pad_x)
+        window, hole = rgb[y0:y1, x0:x1], m8[y0:y1, x0:x1]
+        # The hole is smooth-filled first so the patch search does not start from black.
+        seeded = cv2.inpaint(np.ascontiguousarray(window), np.ascontiguousarray(hole), 5, cv2.INPAINT_TELEA)
+        filled = patch_match.inpaint(seeded, mask=np.ascontiguousarray(hole), patch_size=5)
+        out = rgb.copy()
+        out[y0:y1, x0:x1] = np.where(hole[..., None] > 0, filled, window)
     else:
         out = cv2.inpaint(rgb, m8, 5, cv2.INPAINT_TELEA)
     result = Image.fromarray(out.astype(np.uint8), "RGB")

@@ -126,8 +126,15 @@ def _inspect(inp: ToolInput, p: provenance.InspectParams) -> ToolResult:
 
 
 def _spec(name: str, title: str, description: str, category: str, params: type[ToolParams], run: Any,
-          limits: Limits = Limits(), model: str | None = None) -> ToolSpec:
-    return ToolSpec(name, title, description, category, params, limits, run, model)
+          limits: Limits = Limits(), model: str | None = None, pixel_limit: Any = None) -> ToolSpec:
+    return ToolSpec(name, title, description, category, params, limits, run, model, pixel_limit=pixel_limit)
+
+
+# Real-ESRGAN x4plus costs about 20 minutes per input megapixel on 2 CPU cores (benchmarks/tools.py), at 2x
+# too (it runs at 4x, then scales down): its limit keeps one run near 5 minutes. The fast model is some 35
+# times quicker; the photo mode is bounded by the size of what it writes.
+UPSCALE_LIMITS = {("quality", 2): MP // 4, ("quality", 4): MP // 4, ("fast", 2): 2 * MP, ("fast", 4): MP // 2,
+                  ("photo", 2): 16 * MP, ("photo", 4): 4 * MP}
 
 
 TOOLS: dict[str, ToolSpec] = {s.name: s for s in (
@@ -145,7 +152,8 @@ TOOLS: dict[str, ToolSpec] = {s.name: s for s in (
           "cut-out", matting.PortraitBlurParams, _portrait_blur, Limits(max_pixels=40 * MP), "selfie"),
     _spec("upscale", "Upscale ×2 / ×4",
           "Enlarge 2x or 4x with Real-ESRGAN (real detail) or a fast photo-safe mode that invents nothing.",
-          "enhance", enhance.UpscaleParams, _upscale, Limits(max_pixels=MP), "realesrgan"),
+          "enhance", enhance.UpscaleParams, _upscale, Limits(max_pixels=16 * MP), "realesrgan",
+          pixel_limit=lambda p: UPSCALE_LIMITS[(p.mode, p.scale)]),
     _spec("denoise", "Denoise", "Remove sensor and compression noise (non-local means or total variation); "
           "the strength is estimated from the picture unless given.",
           "enhance", enhance.DenoiseParams, _denoise, Limits(max_pixels=25 * MP)),
@@ -234,18 +242,19 @@ def run_tool(name: str, images: Sequence[ImageSource], params: Mapping[str, Any]
     if not isinstance(typed, spec.params_type):
         raise ToolImageError(f"{spec.name} takes {spec.params_type.__name__}, not {type(typed).__name__}",
                              field="params")
+    max_px = spec.max_pixels(typed)
     decoded: list[Image.Image] = []
     sources: list[bytes] = []
     for i, src in enumerate(images):
         label = "image" if len(images) == 1 else f"image {i + 1}"
         if isinstance(src, Image.Image):
-            if src.width * src.height > lim.max_pixels:
+            if src.width * src.height > max_px:
                 raise ToolImageError(f"{label} is {src.width}x{src.height}; {spec.title} takes at most "
-                                     f"{lim.max_pixels / MP:g} MP: make it smaller first (resize)", field="images")
+                                     f"{max_px / MP:g} MP: make it smaller first (resize)", field="images")
             decoded.append(src)
             continue
         data = Path(src).read_bytes() if isinstance(src, str | Path) and Path(src).is_file() else src
-        decoded.append(load_image(data, name=label, max_pixels=lim.max_pixels))
+        decoded.append(load_image(data, name=label, max_pixels=max_px))
         if isinstance(data, bytes):
             sources.append(data)
     mask_img = None
