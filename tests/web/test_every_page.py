@@ -72,6 +72,15 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
     accessible(page, axe_source)
     shot(page, f"page-studio-upload-{size}")
 
+    # The dark theme (the system's setting) is as readable: axe checks its contrast too.
+    page.emulate_media(color_scheme="dark")
+    accessible(page, axe_source)
+    shot(page, f"page-studio-upload-{size}-dark")
+    page.goto(studio.url + "/library")
+    page.wait_for_load_state("networkidle")
+    accessible(page, axe_source)
+    shot(page, f"page-library-{size}-dark")
+
 
 def test_sign_in_page_and_signed_out_pages(browser: Any, studio: Studio, axe_source: str,
                                            shot: Callable[[Any, str], Path]) -> None:
