@@ -9,9 +9,17 @@ from typing import Any
 
 
 class Severity(StrEnum):
+    """How much a finding matters: ``info`` (for your information), ``warning`` (likely to cost quality),
+    ``problem`` (a photo finding that will very likely spoil the edit: fix it before spending credits).
+    The prompt coach calls its blocking findings ``error``."""
+
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"  # the edit will very likely fail to keep the subject; fix before spending credits
+    PROBLEM = "problem"  # the reference checker's word for the same level
+
+
+SEVERITY_RANK = {Severity.PROBLEM: 0, Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 @dataclass(frozen=True)
@@ -20,10 +28,11 @@ class Finding:
 
     Attributes:
         code: stable identifier (e.g. ``low_resolution``, ``blur``, ``redescribes_subject``).
-        severity: info, warning or error.
-        message: what was found, with the measured value.
+        severity: info, warning, or problem (error for the prompt coach).
+        message: what was found, in plain words.
         fix: what to do about it, in plain language.
         span: for prompt findings, the (start, end) character range the finding is about.
+        detail: the measured value and how it was measured (None when the message says it all).
     """
 
     code: str
@@ -31,10 +40,13 @@ class Finding:
     message: str
     fix: str
     span: tuple[int, int] | None = None
+    detail: str | None = None  # the measurement behind the finding, for those who ask (``--details``, JSON)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["severity"] = self.severity.value
+        if data["detail"] is None:
+            del data["detail"]
         return data
 
     def __str__(self) -> str:

@@ -51,6 +51,7 @@ smaller face next to a large one is therefore only counted when it is >= ~14 % o
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import math
@@ -64,7 +65,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kontext_studio.analysis.common import DETECTOR_LOCK, Finding, Severity, face_detector
+from kontext_studio.analysis.common import DETECTOR_LOCK, SEVERITY_RANK, Finding, Severity, face_detector
 from kontext_studio.core.errors import InvalidImage
 from kontext_studio.core.images import MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE, MIN_SIDE, load_reference
 from kontext_studio.core.types import Reference
@@ -165,8 +166,8 @@ class ReferenceReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing is at error level."""
-        return not any(f.severity is Severity.ERROR for f in self.findings)
+        """True when nothing is at problem level."""
+        return not any(f.severity is Severity.PROBLEM for f in self.findings)
 
     @property
     def codes(self) -> set[str]:
@@ -219,6 +220,7 @@ class _Decoded:
     mode: str
     quant: dict[int, Any] | None
     notes: list[str] = field(default_factory=list)
+    generated: bool = False  # carries a Kontext Studio recipe: an earlier result used as a reference
 
 
 # --- public entry point ---------------------------------------------------------------------------------
@@ -263,10 +265,20 @@ def check_reference(source: Source, *, expect_face: bool = False, find_small_fac
     work_luma = np.asarray(work.convert("L"))
     native_luma = np.asarray(_centre_crop(rgb, ANALYSIS_CROP).convert("L"))
 
-    findings += _check_resolution(w, h)
-
     faces = _detect_faces(rgb, work_luma, work_scale, fine_pass=find_small_faces)
     face = max(faces, key=lambda f: f.width) if faces else None
+    person = face is not None or expect_face  # the advice fits what the picture shows
+    metrics["made_by_kontext"] = decoded.generated
+    if decoded.generated:
+        # An earlier result fed back in: its size and sharpness are what that edit produced (the original
+        # photo was checked then); judging them as a camera photo would only repeat those notes.
+        findings.append(Finding("earlier_result", Severity.INFO,
+                                "This picture is an earlier Kontext Studio result; its size, sharpness and "
+                                "compression were judged on the original photo.",
+                                "Nothing to do; editing a result again drifts a little further each time, so "
+                                "start again from the original when it drifts too far."))
+    else:
+        findings += _check_resolution(w, h, person)
     smallest = 0.07 if find_small_faces else 0.14  # what the detector passes can see (80 px HOG window)
     findings += _check_faces(faces, short, expect_face, smallest, metrics)
     if face is not None and face.landmarks is not None:
@@ -274,13 +286,14 @@ def check_reference(source: Source, *, expect_face: bool = False, find_small_fac
     else:
         metrics.update(yaw=None, pitch=None, roll=None)
 
-    findings += _check_blur(rgb, work_luma, face, metrics)
+    blur = _check_blur(rgb, work_luma, face, metrics)
+    findings += [] if decoded.generated else blur
     findings += _check_exposure(work_luma, face, work_scale, metrics)
-    findings += _check_colour(work_rgb, native_luma, metrics)
-    findings += _check_compression(decoded.quant, native_luma, metrics)
+    findings += _check_colour(work_rgb, native_luma, metrics, person)
+    compression = _check_compression(decoded.quant, native_luma, metrics)
+    findings += [] if decoded.generated else compression
 
-    order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    findings.sort(key=lambda f: order[f.severity])
+    findings.sort(key=lambda f: SEVERITY_RANK[f.severity])
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     return ReferenceReport(findings=findings, metrics=metrics, size=(w, h),
                            faces=-1 if faces is None else len(faces))
@@ -342,7 +355,22 @@ def _decode(source: Source) -> _Decoded:
         notes.append("CMYK colours converted to RGB (print colours may shift slightly)")
     loaded = load_reference(Reference(target))
     notes += [w.rsplit(": ", 1)[-1] for w in loaded.warnings]  # drop the "reference 1 (...)" label
-    return _Decoded(image=loaded.image, fmt=fmt, mode=mode, quant=quant, notes=notes)
+    return _Decoded(image=loaded.image, fmt=fmt, mode=mode, quant=quant, notes=notes,
+                    generated=_made_here(raw, source))
+
+
+def _made_here(raw: Image.Image, source: Source) -> bool:
+    """Whether the picture carries a Kontext Studio recipe (an output of this product)."""
+    from kontext_studio.core.recipe import RECIPE_KEY, file_xmp
+
+    blobs = [raw.info.get(k) for k in ("xmp", "XML:com.adobe.xmp")]
+    if RECIPE_KEY in raw.info:
+        return True
+    if isinstance(source, str | Path):
+        with contextlib.suppress(OSError):
+            blobs.append(file_xmp(Path(source).expanduser()))
+    marker = b"kontext:recipe"
+    return any(marker in (b if isinstance(b, bytes) else str(b).encode()) for b in blobs if b)
 
 
 def _downscale(img: Image.Image, short_side: int) -> tuple[Image.Image, float]:
@@ -572,11 +600,18 @@ def _check_faces(faces: list[_Face] | None, short: int, expect_face: bool, small
                         "Install the analysis extra (pip install 'kontext-studio[analysis]') to check faces.")]
     if not faces:
         severity = Severity.WARNING if expect_face else Severity.INFO
+        if expect_face:
+            return [Finding("no_face", severity,
+                            "No face was found, so the person's likeness cannot be checked or kept reliably.",
+                            "Use a photo where the face is clearly visible, facing the camera, and fills a good "
+                            "part of the frame.",
+                            detail=f"faces turned to profile or smaller than about {smallest:.0%} of the short "
+                                   "side are not detected")]
         return [Finding("no_face", severity,
-                        "No face was found (faces turned to profile or smaller than about "
-                        f"{smallest:.0%} of the short side are not detected).",
-                        "Fine for products and scenes. For a person, use a photo where the face is clearly "
-                        "visible, facing the camera, and fills a good part of the frame.")]
+                        "No face found: treated as a product or scene photo, kept by its shapes and details.",
+                        "Nothing to do for a product or a scene.",
+                        detail=f"faces turned to profile or smaller than about {smallest:.0%} of the short side "
+                               "are not detected")]
     out: list[Finding] = []
     face = max(faces, key=lambda f: f.width)
     fraction = max(face.width, face.height) / short
@@ -589,7 +624,7 @@ def _check_faces(faces: list[_Face] | None, short: int, expect_face: bool, small
                            "Crop to the one person to keep, or name them in the instruction (\"the woman on "
                            "the left\"); with several faces the model may mix identities."))
     if fraction < FACE_SMALL_WARN:
-        severity = Severity.ERROR if fraction < FACE_SMALL_ERROR else Severity.WARNING
+        severity = Severity.PROBLEM if fraction < FACE_SMALL_ERROR else Severity.WARNING
         px = round(max(face.width, face.height))
         out.append(Finding("face_too_small", severity,
                            f"The face is {fraction:.1%} of the short side ({px} px); at the model's ~1 MP it "
@@ -618,15 +653,18 @@ def _check_pose(face: _Face, size: tuple[int, int], metrics: dict[str, Any]) -> 
 
 
 # --- image quality checks -------------------------------------------------------------------------------
-def _check_resolution(w: int, h: int) -> list[Finding]:
+def _check_resolution(w: int, h: int, person: bool) -> list[Finding]:
     short = min(w, h)
     if short >= RES_WARN_SHORT_SIDE:
         return []
-    severity = Severity.ERROR if short < RES_ERROR_SHORT_SIDE else Severity.WARNING
+    severity = Severity.PROBLEM if short < RES_ERROR_SHORT_SIDE else Severity.WARNING
+    lost = "facial detail" if person else "fine detail such as texture, edges and printed text"
     return [Finding("low_resolution", severity,
-                    f"The image is {w}x{h}: {short} px on the short side.",
-                    f"Use a photo at least {RES_WARN_SHORT_SIDE} px on the short side; the model works at about "
-                    "1 MP, so smaller photos lose facial detail.")]
+                    f"The photo is small ({w}x{h}): {lost} will be soft in the result.",
+                    f"Use a larger original, at least {RES_WARN_SHORT_SIDE} px on the short side (the model works "
+                    "at about 1 megapixel).",
+                    detail=f"short side {short} px; a warning below {RES_WARN_SHORT_SIDE} px, a problem below "
+                           f"{RES_ERROR_SHORT_SIDE} px")]
 
 
 def _check_blur(rgb: Image.Image, work_luma: np.ndarray, face: _Face | None,
@@ -642,13 +680,16 @@ def _check_blur(rgb: Image.Image, work_luma: np.ndarray, face: _Face | None,
     metrics.update(sharpness=None if value is None else round(value, 4), sharpness_region=region)
     if value is None or value >= warn:
         return []
-    severity = Severity.ERROR if value < error else Severity.WARNING
+    severity = Severity.PROBLEM if value < error else Severity.WARNING
     where, sharp = ("The face", 0.4) if region == "face" else ("The picture", 0.6)
-    return [Finding("blur", severity,
-                    f"{where} is soft: sharpness {value:.3f} (normalised Laplacian variance; below {warn} is "
-                    f"blurry, sharp photos measure {sharp} or more).",
-                    "Use a sharper photo: in focus on the eyes, no motion blur, not upscaled from a small image "
-                    "and not smoothed by a beauty filter.")]
+    how = "very blurry" if severity is Severity.PROBLEM else "soft"
+    fix = ("Use a sharper photo: in focus on the eyes, no motion blur, not upscaled from a small image and not "
+           "smoothed by a beauty filter.") if region == "face" else (
+           "Use a sharper photo: in focus on the subject, no motion blur, not upscaled from a small image.")
+    return [Finding("blur", severity, f"{where} looks {how}: the result will copy the missing detail.", fix,
+                    detail=f"sharpness {value:.3f} (variance of the Laplacian over the variance of the brightness, "
+                           f"measured on the {region}); below {warn} is soft, below {error} very blurry, sharp "
+                           f"photos measure {sharp} or more")]
 
 
 def _tile_sharpness(work_luma: np.ndarray) -> float | None:
@@ -708,14 +749,14 @@ def _check_exposure(luma: np.ndarray, face: _Face | None, scale: float,
     who = "face" if face is not None else "centre of the picture"
     out: list[Finding] = []
     if subject_luma < UNDER_SUBJECT_LUMA and p99 < UNDER_MAX_HIGHLIGHT:
-        severity = Severity.ERROR if subject_luma < UNDER_ERROR_SUBJECT_LUMA else Severity.WARNING
+        severity = Severity.PROBLEM if subject_luma < UNDER_ERROR_SUBJECT_LUMA else Severity.WARNING
         out.append(Finding("underexposed", severity,
                            f"The picture is too dark: the {who} averages {subject_luma:.0f}/255 and the brightest "
                            f"highlights reach only {p99:.0f}/255.",
                            "Use a brighter photo (daylight, facing a window), or brighten it before uploading; "
                            "detail lost in the shadows cannot be recovered by the model."))
     if subject_clipped >= OVER_SUBJECT_CLIPPED or subject_luma >= OVER_SUBJECT_LUMA:
-        severity = Severity.ERROR if subject_clipped >= OVER_ERROR_SUBJECT_CLIPPED else Severity.WARNING
+        severity = Severity.PROBLEM if subject_clipped >= OVER_ERROR_SUBJECT_CLIPPED else Severity.WARNING
         out.append(Finding("overexposed", severity,
                            f"The {who} is blown out: {subject_clipped:.0%} of it is clipped to white (average "
                            f"{subject_luma:.0f}/255).",
@@ -731,7 +772,8 @@ def _check_exposure(luma: np.ndarray, face: _Face | None, scale: float,
     return out
 
 
-def _check_colour(work_rgb: np.ndarray, native_luma: np.ndarray, metrics: dict[str, Any]) -> list[Finding]:
+def _check_colour(work_rgb: np.ndarray, native_luma: np.ndarray, metrics: dict[str, Any],
+                  person: bool = True) -> list[Finding]:
     # Channel-wise maximum/minimum (much faster than reducing over a length-3 axis).
     r, g, b = work_rgb[..., 0], work_rgb[..., 1], work_rgb[..., 2]
     mx = np.maximum(np.maximum(r, g), b)
@@ -750,24 +792,29 @@ def _check_colour(work_rgb: np.ndarray, native_luma: np.ndarray, metrics: dict[s
     out: list[Finding] = []
     grayscale = chroma < GRAYSCALE_MEAN_CHROMA
     if grayscale:
-        out.append(Finding("grayscale", Severity.INFO,
-                           f"The image has no colour (mean channel spread {chroma:.1f} levels).",
-                           "Fine for a black-and-white result. If you want colour, use the colour original: "
-                           "the model has to guess skin, hair and eye colour."))
+        guess = "skin, hair and eye colour" if person else "every colour"
+        out.append(Finding("grayscale", Severity.INFO, "The image is black and white.",
+                           f"Fine for a black-and-white result. If you want colour, use the colour original: "
+                           f"the model has to guess {guess}.",
+                           detail=f"mean channel spread {chroma:.1f} levels"))
     # One heavy_filter finding, whatever the filter did: its message lists each sign that was seen.
     signs: list[str] = []
+    details: list[str] = []
     if not grayscale and sat_full >= SATURATION_FULL_FRACTION:
-        signs.append(f"{sat_full:.0%} of the pixels are fully saturated (mean saturation {sat_mean:.2f})")
+        signs.append("colours pushed to full saturation")
+        details.append(f"{sat_full:.0%} of the pixels are fully saturated (mean saturation {sat_mean:.2f})")
     if occupancy is not None and occupancy < POSTERISED_OCCUPANCY:
-        signs.append(f"the tones look posterised: only {occupancy:.0%} of the grey levels between the darkest "
-                     f"and brightest tones are used ({int((hist > 0).sum())} levels in all)")
+        signs.append("tones flattened into bands (posterised)")
+        details.append(f"only {occupancy:.0%} of the grey levels between the darkest and brightest tones are used "
+                       f"({int((hist > 0).sum())} levels in all)")
     if signs:
+        copies = ("the model copies the filter into skin and clothes, and flattened tones lose the shading that "
+                  "shapes a face") if person else "the model copies the filter into the result"
         out.append(Finding("heavy_filter", Severity.WARNING,
-                           "The picture looks heavily filtered: " + "; ".join(signs) + ".",
-                           "Use the unfiltered original (no saturation boost, posterise, cartoon or heavy "
-                           "contrast filter): the model copies the filter into skin and clothes, and flattened "
-                           "tones lose the shading that shapes a face. Ignore this for flat graphics or "
-                           "genuinely vivid colours."))
+                           "The picture looks heavily filtered: " + " and ".join(signs) + ".",
+                           f"Use the unfiltered original (no saturation boost, posterise, cartoon or heavy "
+                           f"contrast filter): {copies}. Ignore this for flat graphics or genuinely vivid colours.",
+                           detail="; ".join(details)))
     return out
 
 
@@ -784,18 +831,18 @@ def _check_compression(quant: dict[int, Any] | None, native_luma: np.ndarray,
     metrics.update(jpeg_quality=quality, blockiness=None if block is None else round(block, 3))
     out: list[Finding] = []
     if quality is not None and quality < JPEG_QUALITY_WARN:
-        severity = Severity.ERROR if quality < JPEG_QUALITY_ERROR else Severity.WARNING
+        severity = Severity.PROBLEM if quality < JPEG_QUALITY_ERROR else Severity.WARNING
         out.append(Finding("jpeg_quality", severity,
-                           f"The JPEG is heavily compressed: estimated quality {quality} (from its quantisation "
-                           "tables; 85–95 is typical for a camera).",
-                           "Use the original file, or export at quality 90 or more; compression blocks and "
-                           "smearing are copied into the edit."))
+                           f"The JPEG is heavily compressed (quality about {quality} of 100; cameras save at "
+                           "85–95): its blocks and smearing are copied into the edit.",
+                           "Use the original file, or export at quality 90 or more.",
+                           detail=f"quality {quality} estimated from the file's luminance quantisation table"))
     elif (block is not None and block >= BLOCKINESS_WARN
           and (quality is None or quality >= RESAVED_MIN_QUALITY)):
-        severity = Severity.ERROR if block >= BLOCKINESS_ERROR else Severity.WARNING
+        severity = Severity.PROBLEM if block >= BLOCKINESS_ERROR else Severity.WARNING
         out.append(Finding("jpeg_artifacts", severity,
-                           f"The image shows JPEG block artifacts (8x8 blockiness {block:.2f}; clean photos "
-                           "measure 1.0–1.2): it was heavily compressed at some point.",
+                           "The picture shows blocky compression marks: it was heavily compressed at some point.",
                            "Use the original file rather than a copy saved from a chat app or a screenshot of "
-                           "a compressed picture; re-saving as PNG does not remove the blocks."))
+                           "a compressed picture; re-saving as PNG does not remove the blocks.",
+                           detail=f"8x8 blockiness {block:.2f}; clean photos measure 1.0–1.2"))
     return out

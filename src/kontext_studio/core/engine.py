@@ -218,7 +218,7 @@ class Editor:
             t = time.perf_counter()
             findings = [self.fidelity.check_reference(li.image, li.sha256) for li in loaded]
             warnings += [f"reference {i + 1}: {f['message']} ({f['fix']})" for i, found in enumerate(findings)
-                         for f in found if f.get("severity") in ("warning", "error")]
+                         for f in found if f.get("severity") in ("warning", "problem", "error")]
             timings["reference_check"] = time.perf_counter() - t
 
         if on_progress:
