@@ -34,6 +34,7 @@ from kontext_studio.service.db.migrate import downgrade
 
 TABLES = {
     "users",
+    "studio_sessions",
     "api_keys",
     "jobs",
     "ledger_entries",

@@ -42,7 +42,8 @@ def serve(
 
         return build_editor(settings, on_status=status_line)
 
-    application = build_app(settings, host, editor_factory, say=lambda m: out.print(escape(m), highlight=False))
+    application = build_app(settings, host, editor_factory, say=lambda m: out.print(escape(m), highlight=False),
+                            port=port)
     out.print(f"Kontext Studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", highlight=False)
     uvicorn.run(application, host=host, port=port, log_level="info")
 

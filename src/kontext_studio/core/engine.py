@@ -11,6 +11,7 @@ import functools
 import logging
 import platform
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,13 @@ class Editor:
         self._backends: dict[str, EditBackend] = dict(backends or {})
         self._factories = dict(backend_factories or {})
         self.fidelity = fidelity
+        # A lazily built backend is built once, under this lock: a second caller waits for the first build
+        # instead of finding the factory gone. A build that failed is retried after RETRY_FAILED_AFTER s.
+        self._build_lock = threading.Lock()
+        self._building: set[str] = set()
+        self._failed: dict[str, tuple[float, str]] = {}
+
+    RETRY_FAILED_AFTER = 30.0
 
     # -- plumbing -----------------------------------------------------------------------------
     def use_backend(self, name: str, backend: EditBackend | None) -> None:
@@ -129,22 +137,53 @@ class Editor:
             self._backends[name] = backend
 
     def backend_for(self, tier: TierSpec) -> EditBackend:
-        """The backend that runs ``tier``.
+        """The backend that runs ``tier`` (built now if it is lazy; a concurrent caller waits for the build).
 
         Raises:
-            TierNotConfigured: naming what the tier needs.
+            TierNotConfigured: naming what the tier needs, or why its backend failed to start.
         """
-        if tier.backend not in self._backends and tier.backend in self._factories:
-            self._backends[tier.backend] = self._factories.pop(tier.backend)()
-        if tier.backend in self._backends:
-            return self._backends[tier.backend]
+        name = tier.backend
+        if name not in self._backends and name in self._factories:
+            with self._build_lock:
+                if name not in self._backends and name in self._factories:
+                    failed = self._failed.get(name)
+                    if failed is not None and time.monotonic() - failed[0] < self.RETRY_FAILED_AFTER:
+                        raise TierNotConfigured(f"tier {tier.name!r} ({tier.title}): its backend failed to start "
+                                                f"({failed[1]}); it is retried in a moment")
+                    self._building.add(name)
+                    try:
+                        self._backends[name] = self._factories[name]()
+                    except Exception as exc:
+                        self._failed[name] = (time.monotonic(), f"{exc.__class__.__name__}: {exc}")
+                        raise
+                    finally:
+                        self._building.discard(name)
+                    del self._factories[name]
+                    self._failed.pop(name, None)
+        if name in self._backends:
+            return self._backends[name]
         if "fake" in self._backends:
             return self._backends["fake"]
-        needs = ", ".join(tier.requires) or f"the {tier.backend} backend"
+        needs = ", ".join(tier.requires) or f"the {name} backend"
         raise TierNotConfigured(
             f"tier {tier.name!r} ({tier.title}) is not configured on this installation: it needs {needs}. "
             "Use --tier dev or --tier fast to run locally."
         )
+
+    def backend_state(self, tier: TierSpec) -> tuple[str, str | None]:
+        """Where ``tier``'s backend stands, without building it: ``ready``, ``starting`` (being built),
+        ``lazy`` (built on first use), ``failed`` (retried later; with the reason) or ``absent`` (with what it
+        needs)."""
+        name = tier.backend
+        if name in self._backends or (name not in self._factories and "fake" in self._backends):
+            return "ready", None
+        if name in self._building:
+            return "starting", None
+        if name in self._factories:
+            failed = self._failed.get(name)
+            return ("failed", failed[1]) if failed is not None else ("lazy", None)
+        needs = ", ".join(tier.requires) or f"the {name} backend"
+        return "absent", f"tier {tier.name!r} ({tier.title}) is not configured on this installation: it needs {needs}."
 
     def _load_references(self, refs: list[Reference]) -> list[LoadedImage]:
         return [load_reference(r, i) for i, r in enumerate(refs)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,8 @@ from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.images import load_reference
 from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditRequest, Reference
-from kontext_studio.service.security.uploads import sniff_image
+from kontext_studio.service.security.text import check_text, check_tree
+from kontext_studio.service.security.uploads import sniff_image, strip_private_metadata
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.training.loras import lora_specs
 
@@ -28,6 +30,9 @@ KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format"
 FILE_PREFIX = "file:"
 UPLOADS = "uploads/"
 MAX_IMAGE_BYTES = 20 * 2**20
+# Fields that must arrive as JSON strings (a number or object is refused, never stringified).
+STRING_FIELDS = ("prompt", "aspect_ratio", "output_format", "strategy", "geometry", "pixel_lock")
+MAX_INT = 2**63 - 1
 
 
 def upload_key(data: bytes, kind: str) -> str:
@@ -48,6 +53,9 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
         raise InvalidRequest(f"{field}: give a data URL, base64 image or an uploaded file id", field=field)
     if value.startswith(FILE_PREFIX) or value.startswith(UPLOADS):
         key = value.removeprefix(FILE_PREFIX)
+        if ".." in key.split("/") or "\\" in key or key.startswith("/"):
+            raise InvalidRequest(f"{field}: {value[:80]!r} is not a file id; upload it with POST /v1/files",
+                                 field=field)
         # Another user's file answers exactly like a missing one: ids reveal nothing across accounts.
         if not key.startswith(UPLOADS) or not storage.exists(key) or (owns_file is not None
                                                                           and not owns_file(key)):
@@ -67,6 +75,7 @@ def _decode_image(value: Any, field: str, storage: Storage, owns_file: Callable[
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidRequest(f"{field}: the image is over {MAX_IMAGE_BYTES // 2**20} MB", field=field)
     kind = sniff_image(data)
+    data = strip_private_metadata(data, keep_recipe=True)  # GPS and camera EXIF never reach storage
     key = upload_key(data, kind)
     if not storage.exists(key):
         storage.put(key, data)
@@ -103,6 +112,15 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         raise InvalidRequest(f"input: unknown field(s) {', '.join(unknown)}; accepted: "
                              f"{', '.join(sorted(KNOWN_FIELDS))}",
                              field="input")
+    for name, value in raw.items():  # errors name the input field itself (prompt, roles, ...)
+        check_text(str(name), "input")
+        check_tree(value, name)
+    for name in STRING_FIELDS:
+        if raw.get(name) is not None and not isinstance(raw[name], str):
+            raise InvalidRequest(f"{name} must be a string, got {type(raw[name]).__name__} {raw[name]!r}"[:300],
+                                 field=name)
+    if isinstance(raw.get("prompt"), str):
+        check_text(raw["prompt"], "prompt")
     body = {k: v for k, v in raw.items() if k not in IMAGE_FIELDS and v is not None}
     images = [raw.get(f) for f in IMAGE_FIELDS]
     if not images[0]:
@@ -132,7 +150,7 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
             seed=_int(body, "seed"), steps=_int(body, "num_inference_steps"),
             guidance=_float(body, "guidance"), output_format=str(body.get("output_format") or "png"),
             strategy=str(body.get("strategy") or "stitch"), geometry=str(body.get("geometry") or "lock"),
-            identity_guard=_float(body, "identity_guard"), candidates=_int(body, "candidates") or 1,
+            identity_guard=_float(body, "identity_guard"), candidates=_candidates(body),
             pixel_lock=str(body.get("pixel_lock") or "auto"),
             lock_mask=_mask(body.get("lock_mask"), storage, check_only),
             loras=lora_specs(body.get("loras"), storage, check_only),
@@ -161,12 +179,18 @@ def _mask(key: Any, storage: Storage, check_only: bool) -> str | bytes | None:
     return key if check_only else storage.get(key)
 
 
+def _candidates(body: dict[str, Any]) -> int:
+    n = _int(body, "candidates")
+    return 1 if n is None else n  # 0 stays 0 and is refused by the request's own check
+
+
 def _int(body: dict[str, Any], key: str) -> int | None:
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
-        raise InvalidRequest(f"{key} must be an integer, got {v!r}", field=key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not math.isfinite(v)) \
+            or int(v) != v or abs(int(v)) > MAX_INT:
+        raise InvalidRequest(f"{key} must be a whole number, got {v!r}", field=key)
     return int(v)
 
 
@@ -183,8 +207,9 @@ def _float(body: dict[str, Any], key: str) -> float | None:
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InvalidRequest(f"{key} must be a number, got {v!r}", field=key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, int) and abs(v) > MAX_INT) \
+            or (isinstance(v, float) and not math.isfinite(v)):
+        raise InvalidRequest(f"{key} must be a finite number, got {v!r}", field=key)
     return float(v)
 
 

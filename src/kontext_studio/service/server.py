@@ -94,10 +94,13 @@ def _any_user(engine: Any) -> bool:
 
 
 def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor],
-              say: Callable[[str], None] = print) -> Any:
-    """The FastAPI app for ``kontext serve``."""
+              say: Callable[[str], None] = print, port: int | None = None) -> Any:
+    """The FastAPI app for ``kontext serve`` (``port``: the bound port; only loopback host names on it get
+    the single-user rights)."""
     from kontext_studio.bootstrap import install_content_credentials
-    from kontext_studio.service.app import create_app
+    from kontext_studio.service.app import build_app as app_over
+    from kontext_studio.service.composition import build_services
+    from kontext_studio.service.container import ServiceOptions
     from kontext_studio.service.inputs import MAX_IMAGE_BYTES
     from kontext_studio.service.security.remote_images import ImageFetcher
     from kontext_studio.service.storage.storage_local import LocalStorage
@@ -115,11 +118,12 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
 
         dispatcher = CeleryDispatcher(celery_app(settings))
         say(f"jobs go to Celery workers through {settings.broker_url} (start them with `kontext worker`)")
-    app = create_app(prepared.engine, LocalStorage(storage_root(settings)),
-                     editor_factory(), server_secret(settings),
-                     free=settings.free, local_user_id=prepared.local_user_id, dispatcher=dispatcher,
-                     image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None,
-                     training_dir=Path(settings.home) / "training")
+    options = ServiceOptions(free=settings.free, local_user_id=prepared.local_user_id, local_port=port,
+                             dispatcher=dispatcher,
+                             image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None,
+                             training_dir=Path(settings.home) / "training")
+    app = app_over(build_services(prepared.engine, LocalStorage(storage_root(settings)), editor_factory(),
+                                  server_secret(settings), options))
     app.state.weights_status = lambda: missing_weights(settings)  # the studio's banner
     return app
 

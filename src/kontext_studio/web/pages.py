@@ -14,11 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.api.library import day_totals, usage_rows
-from kontext_studio.service.db import LedgerEntry
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.library import SqlLibrary
 
@@ -67,12 +65,8 @@ def mount_pages(app: FastAPI, *, templates: Jinja2Templates, render: Callable[..
                           "thumb": file_url_for(request, files[0]) if files else None})
         ledger: list[dict[str, Any]] = []
         if page.user.is_admin:
-            mine = (f"user:{page.user.id}:available", f"user:{page.user.id}:held")
-            with jobs.readers() as s:
-                entries = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
-                                    .order_by(LedgerEntry.id.desc()).limit(LEDGER_ROWS)).all()
-                ledger = [{"id": e.id, "job_id": e.job_id, "account": e.account.rsplit(":", 1)[-1],
-                           "amount": e.amount, "kind": e.kind, "created_at": e.created_at} for e in entries]
+            ledger = [{"id": e.id, "job_id": e.job_id, "account": e.account, "amount": e.amount, "kind": e.kind,
+                       "created_at": e.created_at} for e in accounts.ledger(page.user.id, LEDGER_ROWS)]
         return render(request, page, "account.html", keys=accounts.list_api_keys(page.user.id), usage=usage,
                       days=day_totals(rows), ledger=ledger)
 

@@ -19,6 +19,7 @@ from kontext_studio.service.accounts.accounts_common import (
     CreditBalance,
     CreditHold,
     CreditSettlement,
+    LedgerLine,
     UserRecord,
 )
 
@@ -126,6 +127,10 @@ class AccountsBase(ABC):
         Raises:
             NotFound: no such user.
         """
+
+    @abstractmethod
+    def ledger(self, user_id: int, limit: int = 100) -> list[LedgerLine]:
+        """The user's credit movements, newest first (holds, captures, releases, grants)."""
 
     @abstractmethod
     def hold(self, job_id: str, user_id: int, amount: int) -> CreditHold:

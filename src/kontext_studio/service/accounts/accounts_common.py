@@ -203,3 +203,15 @@ def normalize_email(email: str) -> str:
     if not local or not domain or "@" in domain or len(value) > 320 or any(c.isspace() for c in value):
         raise InvalidRequest(f"email must look like name@example.com, got {email!r}", field="email")
     return value
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    """One credit movement on a user's account: ``account`` is ``available`` or ``held``."""
+
+    id: int
+    job_id: str | None
+    account: str
+    amount: int
+    kind: str
+    created_at: datetime

@@ -39,6 +39,7 @@ from kontext_studio.service.accounts.accounts_common import (
     CreditSettlement,
     InsufficientCredits,
     InvalidRequest,
+    LedgerLine,
     NotFound,
     SettlementKind,
     UserRecord,
@@ -260,6 +261,14 @@ class SqlAccounts(AccountsBase):
             cls._require_user(s, user_id)
             return CreditBalance(user_id=user_id, available=0, held=0)
         return CreditBalance(user_id=user_id, available=row.available, held=row.held)
+
+    def ledger(self, user_id: int, limit: int = 100) -> list[LedgerLine]:
+        mine = (f"user:{user_id}:available", f"user:{user_id}:held")
+        with self._unit() as s:
+            rows = s.scalars(select(LedgerEntry).where(LedgerEntry.account.in_(mine))
+                             .order_by(LedgerEntry.id.desc()).limit(max(1, min(500, limit)))).all()
+            return [LedgerLine(e.id, e.job_id, e.account.rsplit(":", 1)[-1], e.amount, e.kind, e.created_at)
+                    for e in rows]
 
     def hold(self, job_id: str, user_id: int, amount: int) -> CreditHold:
         amount = 0 if self._free else _check_int("amount", amount, 0)

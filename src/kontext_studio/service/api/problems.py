@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -11,6 +13,8 @@ from kontext_studio.core.errors import Canceled, InvalidRequest, KontextError, T
 from kontext_studio.service.accounts.accounts_common import Conflict, InsufficientCredits, NotFound
 from kontext_studio.service.jobs.jobs_common import IdempotencyConflict, JobNotFound, StaleAttempt
 from kontext_studio.service.storage.signed_urls import SignatureError
+
+logger = logging.getLogger("kontext_studio.service")
 
 EXCEPTION_STATUS: dict[type[Exception], int] = {
     InvalidRequest: 422,
@@ -62,6 +66,12 @@ async def kontext_error_handler(_request: Request, exc: Exception) -> JSONRespon
     if retry := getattr(exc, "retry_after", None):
         extra["retry_after"] = retry
     return problem(status, type(exc).__name__, str(exc), code, **extra)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered as a problem that reveals nothing of the server."""
+    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "InternalError", "the server failed on this request; it has been logged", "internal_error")
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:

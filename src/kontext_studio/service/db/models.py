@@ -258,4 +258,10 @@ class WebhookDelivery(Base):
 
 # Feature tables live in their own modules; importing them here registers them on ``Base.metadata`` so the
 # schema test and every session see one complete schema.
-from kontext_studio.service.db import models_admin, models_library, models_studio, models_training  # noqa: E402, F401
+from kontext_studio.service.db import (  # noqa: E402, F401
+    models_admin,
+    models_library,
+    models_sessions,
+    models_studio,
+    models_training,
+)

@@ -42,8 +42,7 @@ from sqlalchemy.exc import OperationalError
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.registry import get_tier
-from kontext_studio.service.accounts.accounts_sql import SqlAccounts
-from kontext_studio.service.db import make_engine, make_session_factory
+from kontext_studio.service.db import make_engine
 from kontext_studio.service.jobs.jobs_common import LEASE_SECONDS
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.worker import InProcessWorker
@@ -200,15 +199,15 @@ def runtime(app: Celery) -> WorkerRuntime:
         if found is not None:
             return found
         conf = app.conf
+        from kontext_studio.service.composition import build_worker
+
         engine = make_engine(conf.kontext_database_url)
-        sessions = make_session_factory(engine)
-        store = JobStore(sessions, SqlAccounts(sessions))
         if conf.kontext_storage_factory is not None:
             storage: Storage = resolve(conf.kontext_storage_factory)()
         else:
             storage = LocalStorage(conf.kontext_storage_root)
         editor = resolve(conf.kontext_editor_factory)(**conf.kontext_editor_options)
-        worker = InProcessWorker(store, editor, storage, worker_id=f"celery/{os.getpid()}")
+        store, worker = build_worker(engine, storage, editor, f"celery/{os.getpid()}")
         found = WorkerRuntime(engine, store, storage, editor, worker, int(conf.kontext_lease_seconds))
         _runtimes[key] = found
         return found

@@ -17,13 +17,13 @@ once; see ``JobStore.claim_job``):
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from kontext_studio.service.background import PollingLoop
 from kontext_studio.service.db import Job, JobStatus, utcnow
 from kontext_studio.service.jobs.dispatch_base import CountingDispatcher, Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
@@ -110,7 +110,7 @@ def reap_once(store: JobStore, dispatcher: Dispatcher, *, stale_after: float = D
     return report
 
 
-class Reaper:
+class Reaper(PollingLoop):
     """Runs ``reap_once`` every ``interval`` seconds in a background thread.
 
     Args:
@@ -122,13 +122,12 @@ class Reaper:
 
     def __init__(self, store: JobStore, dispatcher: Dispatcher, *, interval: float = DEFAULT_INTERVAL,
                  stale_after: float = DEFAULT_STALE_AFTER):
+        super().__init__("kontext-reaper", interval, wait_first=True)
         self.store, self.dispatcher = store, dispatcher
-        self.interval, self.stale_after = interval, stale_after
+        self.stale_after = stale_after
         self.sent: dict[str, float] = {}
         self.passes = 0
         self.total = ReapReport()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> ReapReport:
         report = reap_once(self.store, self.dispatcher, stale_after=self.stale_after, sent=self.sent)
@@ -138,20 +137,7 @@ class Reaper:
         self.total.errors += report.errors
         return report
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="kontext-reaper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:
-                logger.exception("reaper pass failed; retrying in %.0f s", self.interval)
+    def tick(self) -> bool:
+        """One pass; the next waits a full interval."""
+        self.run_once()
+        return False

@@ -16,6 +16,7 @@ from typing import Any
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import Canceled, KontextError
 from kontext_studio.core.registry import get_tier
+from kontext_studio.service.background import PollingLoop
 from kontext_studio.service.inputs import to_request
 from kontext_studio.service.jobs.jobs_common import StaleAttempt
 from kontext_studio.service.jobs.jobs_sql import Claim, JobRemoteTasks, JobStore
@@ -24,7 +25,7 @@ from kontext_studio.service.storage.storage_base import Storage
 logger = logging.getLogger("kontext_studio.worker")
 
 
-class InProcessWorker:
+class InProcessWorker(PollingLoop):
     """Runs queued jobs in a background thread.
 
     Args:
@@ -38,45 +39,27 @@ class InProcessWorker:
 
     def __init__(self, store: JobStore, editor: Editor, storage: Storage, worker_id: str = "local",
                  poll_seconds: float = 0.5, hosted_concurrency: int = 4):
+        super().__init__("kontext-worker", poll_seconds)
         self.store, self.editor, self.storage = store, editor, storage
         self.worker_id, self.poll = worker_id, poll_seconds
         # Hosted jobs wait on the network, not the GPU: they run beside the local queue instead of blocking it.
         self._hosted_slots = threading.BoundedSemaphore(max(1, hosted_concurrency))
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def on_start(self) -> None:
         self.store.requeue_interrupted()  # jobs a restart interrupted run again, never forgotten
-        self._thread = threading.Thread(target=self._loop, name="kontext-worker", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                claim = self.store.claim(self.worker_id)
-            except Exception:
-                logger.exception("claim failed")
-                claim = None
-            if claim is None:
-                self._wake.wait(self.poll)
-                self._wake.clear()
-                continue
-            if self._hosted(claim):
-                self._hosted_slots.acquire()
-                threading.Thread(target=self._run_hosted, args=(claim,), name=f"kontext-hosted-{claim.job_id}",
-                                 daemon=True).start()
-                continue
-            self.run(claim)
+    def tick(self) -> bool:
+        """Claim the next job and run it (hosted ones on their own thread); False when none waits."""
+        claim = self.store.claim(self.worker_id)
+        if claim is None:
+            return False
+        if self._hosted(claim):
+            self._hosted_slots.acquire()
+            threading.Thread(target=self._run_hosted, args=(claim,), name=f"kontext-hosted-{claim.job_id}",
+                             daemon=True).start()
+            return True
+        self.run(claim)
+        return True
 
     def _hosted(self, claim: Claim) -> bool:
         """Whether the claim's tier runs on a hosted backend (checked without building a local model)."""

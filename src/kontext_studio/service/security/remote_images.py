@@ -59,6 +59,9 @@ class ImageFetcher:
                         raise ImageFetchFailed(f"{field}: {url} answered HTTP {resp.status_code}; give a URL that "
                                                "serves the image directly, or upload it", field=field)
                     return read_limited_sync(resp.iter_bytes(), self.max_bytes)
+            except httpx.InvalidURL as exc:  # e.g. an octal IPv4 host, which httpx refuses to parse
+                raise ImageFetchFailed(f"{field}: {url[:200]!r} is not a valid URL ({exc}); write IP addresses in "
+                                       "plain dotted decimal, or upload the image", field=field) from None
             except httpx.HTTPError as exc:
                 raise ImageFetchFailed(f"{field}: could not fetch {url} ({type(exc).__name__}); upload the image "
                                        "instead", field=field) from None

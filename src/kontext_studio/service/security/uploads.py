@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, overload
@@ -48,6 +49,9 @@ __all__ = [
 # Pillow format name for each allowed type, and what we answer with Content-Type.
 ALLOWED_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+# Full decodes (up to 4 bytes x 64 MP each) running at once across the process; callers run off the event loop.
+DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -277,7 +281,8 @@ def sniff_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MA
             if im.format not in expected:
                 raise UnprocessableImage(f"the upload looks like {fmt.upper()} but is {im.format}", field="image")
             if decode:
-                im.load()
+                with DECODE_SLOTS:  # a few full decodes at once, whatever the number of requests
+                    im.load()
     except (UnprocessableImage, UnsupportedMediaType):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 
 class Storage(ABC):
@@ -27,3 +28,7 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a file's content under ``key`` (implementations copy it without reading it whole)."""
+        self.put(key, Path(path).read_bytes())

@@ -7,7 +7,9 @@ uncompressed bytes (zip bombs), and member types other than pictures, captions a
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from kontext_studio.core.errors import InvalidRequest
@@ -15,13 +17,15 @@ from kontext_studio.core.errors import InvalidRequest
 ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".txt", ".csv", ".jsonl")
 MAX_MEMBERS = 10_000
 MAX_UNCOMPRESSED = 4 * 2**30
+CHUNK = 1 << 20
 MAX_RATIO = 200  # a picture or caption compressing 200:1 is a bomb, not data
 
 
-def extract_dataset(data: bytes, dest: Path, max_uncompressed: int = MAX_UNCOMPRESSED) -> Path:
+def extract_dataset(data: bytes | Path, dest: Path, max_uncompressed: int = MAX_UNCOMPRESSED) -> Path:
     """Unpack a dataset zip into ``dest`` and return the dataset folder inside it.
 
-    A zip whose members all sit in one top folder gives that folder (zipping a folder does that).
+    A zip whose members all sit in one top folder gives that folder (zipping a folder does that). ``data`` may
+    be the zip's bytes or its path (then it is read from disk, never whole into memory).
 
     Raises:
         InvalidRequest: (field ``dataset``) naming the member at fault and why.
@@ -30,8 +34,8 @@ def extract_dataset(data: bytes, dest: Path, max_uncompressed: int = MAX_UNCOMPR
         return InvalidRequest(f"dataset: {message}", field="dataset")
 
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+        archive = zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, EOFError):
         raise bad("not a zip file; zip the dataset folder (targets, .txt captions and control/)") from None
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
@@ -64,11 +68,31 @@ def extract_dataset(data: bytes, dest: Path, max_uncompressed: int = MAX_UNCOMPR
                 continue
             target = dest.joinpath(*path.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(m) as src:
-                written = src.read(m.file_size + 1)
-            if len(written) != m.file_size:  # the header lied about the size
-                raise bad(f"{m.filename!r} is larger than its header says")
-            target.write_bytes(written)
+            try:
+                with archive.open(m) as src, target.open("wb") as out:
+                    shutil.copyfileobj(_Capped(src, m.file_size + 1), out, CHUNK)
+                    written = out.tell()
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+                # a corrupt member, a CRC that does not match (the header lied), encryption, or an odd method
+                raise bad(f"{m.filename!r} cannot be unpacked ({exc})") from None
+            if written != m.file_size:  # the header lied about the size
+                raise bad(f"{m.filename!r} is {'larger' if written > m.file_size else 'smaller'} than its "
+                          "header says")
             kept.append(path)
     tops = {p.parts[0] for p in kept if len(p.parts) > 1} | {"" for p in kept if len(p.parts) == 1}
     return dest / tops.pop() if len(tops) == 1 and "" not in tops else dest
+
+
+class _Capped(io.RawIOBase):
+    """A reader that stops after ``limit`` bytes (a member claiming a small size never unpacks more)."""
+
+    def __init__(self, src: io.BufferedIOBase | zipfile.ZipExtFile, limit: int):
+        self.src, self.left = src, limit
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if self.left <= 0:
+            return b""
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.src.read(n)
+        self.left -= len(data)
+        return data

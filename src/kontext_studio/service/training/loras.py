@@ -1,12 +1,14 @@
 """A user's trained LoRAs in edits: the ``loras`` input field → ``LoraSpec`` files the engine loads.
 
 The field takes ``[{"id": "<lora id>", "weight": 0.8}, ...]`` (or ``"<id>"`` / ``"<id>:0.8"`` strings).
-Adapters live in storage under ``loras/<id>.safetensors``; the worker copies one to a local file once (the
-engine loads LoRAs from files) and reuses it, since a stored LoRA never changes.
+Adapters live in storage under ``loras/<id>.safetensors``; the worker copies one to a local file in a
+private (0700) folder (the engine loads LoRAs from files) and reuses it only while its hash matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.lora import file_sha256
 from kontext_studio.core.types import LoraSpec
 from kontext_studio.service.storage.storage_base import Storage
 
@@ -81,11 +84,35 @@ def lora_specs(value: Any, storage: Storage, check_only: bool = False,
         if check_only:
             specs.append(LoraSpec(key, weight))
             continue
-        local = LOCAL_DIR / f"{lora_id}.safetensors"
-        if not local.is_file():
-            LOCAL_DIR.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_suffix(".tmp")
-            tmp.write_bytes(storage.get(key))
-            tmp.replace(local)
-        specs.append(LoraSpec(str(local), weight))
+        specs.append(LoraSpec(str(local_copy(lora_id, storage.get(key))), weight))
     return specs
+
+
+def private_dir(folder: Path) -> Path:
+    """``folder``, created if needed, readable by this user only (0700).
+
+    Raises:
+        PermissionError: it exists and belongs to another user (another account could swap the files).
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(f"{folder} belongs to another user; remove it or point the server elsewhere")
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder
+
+
+def local_copy(lora_id: str, data: bytes) -> Path:
+    """A private local file holding ``data`` for the loaders; an existing copy is reused only when its
+    SHA-256 matches the stored adapter's (a stale or swapped file is replaced)."""
+    folder = private_dir(LOCAL_DIR)
+    local = folder / f"{lora_id}.safetensors"
+    want = hashlib.sha256(data).hexdigest()
+    if local.is_file() and file_sha256(local) == want:
+        return local
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:  # mkstemp creates it 0600
+        f.write(data)
+    os.replace(tmp, local)
+    return local

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from kontext_studio.core.errors import KontextError
 from kontext_studio.core.lora import file_sha256, read_lora
+from kontext_studio.service.background import PollingLoop
 from kontext_studio.service.db.base import new_id
 from kontext_studio.service.db.models_training import RunStatus, TrainingRun
 from kontext_studio.service.storage.files_sql import SqlFiles
@@ -61,7 +61,7 @@ def pipeline_factory_for(editor: Any) -> PipelineFactory:
     return make
 
 
-class TrainingRunner:
+class TrainingRunner(PollingLoop):
     """Background runner of training jobs.
 
     Args:
@@ -76,36 +76,16 @@ class TrainingRunner:
         self.storage = storage
         self.pipeline_factory = pipeline_factory
         self.work_dir = Path(work_dir)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("kontext-training", 1.0)
 
-    def start(self) -> None:
+    def on_start(self) -> None:
         self.store.requeue_interrupted()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="kontext-training", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        super().stop(timeout)
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # keep the runner alive; the run itself was marked failed
-                log.exception("training runner")
-                worked = False
-            if not worked:
-                self._wake.wait(1.0)
-                self._wake.clear()
+    def tick(self) -> bool:
+        return self.run_once()
 
     def run_once(self) -> bool:
         """Claim and run the oldest queued run; False when there was none."""

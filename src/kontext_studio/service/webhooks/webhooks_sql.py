@@ -42,6 +42,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kontext_studio.service.background import PollingLoop
 from kontext_studio.service.db.models import WEBHOOK_EVENTS, Job, WebhookDelivery
 from kontext_studio.service.security.ssrf import UnsafeURL, safe_client
 from kontext_studio.service.security.webhook_signing import headers as signed_headers
@@ -527,7 +528,7 @@ class WebhookOutbox:
                 logger.exception("webhook listener failed")
 
 
-class WebhookSender:
+class WebhookSender(PollingLoop):
     """A background thread that calls ``outbox.deliver_due()`` every ``interval_ms`` and on each notify.
 
     Args:
@@ -542,50 +543,15 @@ class WebhookSender:
     def __init__(self, outbox: WebhookOutbox, interval_ms: int = 1000, name: str = "kontext-webhooks") -> None:
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+        super().__init__(name, interval_ms / 1000)
         self.outbox = outbox
-        self.interval = interval_ms / 1000
-        self.name = name
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the thread (a second call while running does nothing)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
+    def on_start(self) -> None:
         self.outbox.add_listener(self.wake)
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread after its current attempt and wait for it.
-
-        Args:
-            timeout: most seconds to wait for the thread (an attempt in flight may take the client timeout).
-        """
+    def on_stop(self) -> None:
         self.outbox.remove_listener(self.wake)
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
-    def wake(self) -> None:
-        """Poll now instead of at the end of the interval."""
-        self._wake.set()
-
-    @property
-    def running(self) -> bool:
-        """Whether the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()  # before polling: a notify during the poll triggers the next one at once
-            try:
-                while not self._stop.is_set() and self.outbox.deliver_due() >= DEFAULT_BATCH:
-                    pass  # a full batch: more may be due
-            except Exception:
-                logger.exception("webhook delivery poll failed")
-            self._wake.wait(self.interval)
+    def tick(self) -> bool:
+        """Deliver what is due; True when a full batch went out (more may be due)."""
+        return self.outbox.deliver_due() >= DEFAULT_BATCH
