@@ -17,6 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
        "frame-ancestors 'none'")
+# The API docs page (Swagger UI) starts itself with an inline script; it shows no user data.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'")
+DOCS_PATHS = ("/docs", "/redoc")
 PAGE_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
@@ -76,7 +80,10 @@ class GuardMiddleware:
                 ctype_out = next((v for k, v in out if k.lower() == b"content-type"), b"")
                 if ctype_out.startswith(b"text/html"):
                     present = {k.lower() for k, _ in out}
-                    out += [(k, v) for k, v in PAGE_HEADERS if k not in present]
+                    extra = PAGE_HEADERS
+                    if scope["path"].startswith(DOCS_PATHS):
+                        extra = [(b"content-security-policy", DOCS_CSP.encode()), *PAGE_HEADERS[1:]]
+                    out += [(k, v) for k, v in extra if k not in present]
                     message = {**message, "headers": out}
             await send(message)
 
