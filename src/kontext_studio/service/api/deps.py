@@ -79,14 +79,17 @@ def is_local_request(conn: HTTPConnection, port: int | None) -> bool:
     return not is_cross_site(conn)
 
 
-def current_user(request: Request, svc: Svc, authorization: Annotated[str | None, Header()] = None,
+def current_user(request: Request, authorization: Annotated[str | None, Header()] = None,
                  x_key: Annotated[str | None, Header()] = None) -> UserRecord:
     """The caller: an API key (``Authorization: Bearer`` or BFL's ``x-key``), else the studio's session
     cookie (CSRF-checked on writes), else, in single-user mode, a local request.
 
+    Also callable directly as ``current_user(request, authorization, x_key)`` (routers built by factories).
+
     Raises:
         Unauthorized: none of these.
     """
+    svc = services(request)
     token = x_key or (authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer "
                       else None)
     if token:
