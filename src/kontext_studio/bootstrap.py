@@ -48,6 +48,8 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
             allow_download=settings.allow_download,
             cache_dir=settings.home / "cache",
             on_status=on_status,
+            precision=settings.precision,
+            text_encoder_precision=settings.text_encoder_precision,
         )
 
     install_content_credentials(settings)
@@ -154,6 +156,10 @@ def quiet_third_party_logs() -> None:
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
     configured = bool(logging.getLogger().handlers)
+    # torchao (optional quantization) logs its missing GPU kernels and torch registrations at import on
+    # CPU-only machines: nothing a user can act on.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers.utils.logging as diffusers_logging
     import torch  # noqa: F401  (installs torch's console handler, taken back below before anything logs)
     import transformers.utils.logging as transformers_logging

@@ -34,6 +34,10 @@ class Settings:
         secret: server secret for signed URLs (``KONTEXT_SECRET``; default a random one kept in ``home``).
         free: switch credit prices off for a private install (``KONTEXT_FREE``).
         local_credits: credits granted to the local admin created on first start (``KONTEXT_LOCAL_CREDITS``).
+        precision: transformer weight precision on load (``KONTEXT_PRECISION``: auto, bf16, fp8, int8, nf4;
+            auto follows the memory planner on a GPU).
+        text_encoder_precision: the same for the text encoders (``KONTEXT_TEXT_ENCODER_PRECISION``: auto, bf16,
+            fp8, int8).
         allow_image_urls: accept ``https://`` image URLs in prediction inputs, fetched through the SSRF guard
             (``KONTEXT_ALLOW_IMAGE_URLS``; off by default).
         signing_cert, signing_key: an organisation's own certificate chain (PEM, signing certificate first)
@@ -64,6 +68,8 @@ class Settings:
     signing_cert: Path | None = None
     signing_key: Path | None = None
     tool_models: Path | None = None
+    precision: str = "auto"
+    text_encoder_precision: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +97,8 @@ class Settings:
             signing_cert=Path(e["KONTEXT_SIGNING_CERT"]).expanduser() if e.get("KONTEXT_SIGNING_CERT") else None,
             signing_key=Path(e["KONTEXT_SIGNING_KEY"]).expanduser() if e.get("KONTEXT_SIGNING_KEY") else None,
             tool_models=Path(e["KONTEXT_TOOL_MODELS"]).expanduser() if e.get("KONTEXT_TOOL_MODELS") else None,
+            precision=e.get("KONTEXT_PRECISION", "auto").lower(),
+            text_encoder_precision=e.get("KONTEXT_TEXT_ENCODER_PRECISION", "auto").lower(),
         )
 
     @property

@@ -17,7 +17,7 @@ def test_plan_for_a_12_gb_card_covers_every_local_model() -> None:
 
 
 def test_plan_json_for_one_model() -> None:
-    code, stdout, _ = kontext("plan", "--vram", "80", "--gpu", "hopper", "--model", "kontext-dev", "--json")
+    code, stdout, _ = kontext("plan", "--vram", "80", "--gpu", "hopper", "--model", "dev", "--json")
     assert code == 0
     data = json.loads(stdout)
     (plan,) = data["plans"]
@@ -37,7 +37,7 @@ def test_plan_bad_input_names_the_option() -> None:
     code, _, stderr = kontext("plan", "--vram", "12", "--gpu", "voodoo")
     assert code == 2 and "--gpu must be one of" in stderr
     code, _, stderr = kontext("plan", "--model", "sdxl", "--vram", "12")
-    assert code == 2 and "kontext-dev" in stderr
+    assert code == 2 and "dev" in stderr
 
 
 def test_doctor_shows_the_plan_for_this_machine() -> None:

@@ -158,14 +158,17 @@ def test_timings_cover_each_phase(editor: Editor) -> None:
     assert r.timings["total"] >= r.timings["denoise"]
 
 
-def test_fast_tier_uses_fewer_steps_and_the_step_cache(editor: Editor, backend) -> None:  # type: ignore[no-untyped-def]
+def test_fast_tier_keeps_the_steps_and_runs_the_fast_profile(editor: Editor, backend) -> None:  # type: ignore[no-untyped-def]
     img = noise_image(128, 128)
-    fast = editor.edit(EditRequest([Reference(img)], "x", tier="fast", seed=2))
-    assert fast.recipe["steps"] == 14 and fast.recipe["step_cache"] == "first_block"
+    fast = editor.edit(EditRequest([Reference(img)], "x", tier="fast", seed=2, steps=6))
+    assert fast.recipe["steps"] == 6 and fast.recipe["step_cache"] == "magcache"
+    assert fast.recipe["acceleration"]["profile"] == "fast"
     # the cache is switched off again, so a dev edit with the same steps is the uncached computation
     assert not backend.pipe.transformer.is_cache_enabled
-    dev = edit(editor, [img], seed=2, steps=14, instruction="x")
-    assert dev.recipe["step_cache"] is None
+    dev = edit(editor, [img], seed=2, steps=6, instruction="x")
+    assert dev.recipe["step_cache"] is None and dev.recipe["acceleration"]["profile"] == "stock"
+    draft = editor.edit(EditRequest([Reference(img)], "x", tier="fast", seed=2, draft=True))
+    assert draft.recipe["steps"] == 14 and draft.recipe["draft"] is True
 
 
 def test_series_encodes_the_reference_once(editor: Editor, backend) -> None:  # type: ignore[no-untyped-def]

@@ -44,15 +44,15 @@ def test_more_memory_never_gives_a_worse_plan(model_id: str) -> None:
 
 def test_kontext_dev_runs_resident_in_bf16_on_48_and_80_gb() -> None:
     for card in (48, 80):
-        plan = plan_for(footprint("kontext-dev"), Machine.card(card))
+        plan = plan_for(footprint("dev"), Machine.card(card))
         assert (plan.precision, plan.offload) == (Precision.BF16, Offload.GPU)
         assert plan.quality_loss == 0
 
 
 def test_kontext_dev_on_24_gb_keeps_the_transformer_resident_in_8_bits() -> None:
-    ada = plan_for(footprint("kontext-dev"), Machine.card(24, generation=GpuGeneration.ADA))
+    ada = plan_for(footprint("dev"), Machine.card(24, generation=GpuGeneration.ADA))
     assert (ada.precision, ada.offload) == (Precision.FP8, Offload.MODEL)
-    ampere = plan_for(footprint("kontext-dev"), Machine.card(24, generation=GpuGeneration.AMPERE))
+    ampere = plan_for(footprint("dev"), Machine.card(24, generation=GpuGeneration.AMPERE))
     assert ampere.precision is Precision.Q8_0  # no fp8 tensor cores: GGUF Q8_0 instead
     assert "near-lossless" in ampere.explanation
 
@@ -63,14 +63,14 @@ def test_klein_4b_fits_a_24_gb_card_whole() -> None:
 
 
 def test_small_cards_stream_or_quantize_and_say_so() -> None:
-    plan = plan_for(footprint("kontext-dev"), Machine.card(8))
+    plan = plan_for(footprint("dev"), Machine.card(8))
     assert plan.offload in (Offload.GROUP, Offload.SEQUENTIAL, Offload.MODEL)
     assert plan.precision is not Precision.BF16 or plan.offload is not Offload.GPU
     assert "system memory" in plan.explanation
 
 
 def test_attention_backend_follows_the_gpu_generation() -> None:
-    model = footprint("kontext-dev")
+    model = footprint("dev")
     assert plan_for(model, Machine.card(80, generation=GpuGeneration.HOPPER)).attention == "_flash_3"
     assert plan_for(model, Machine.card(80, generation=GpuGeneration.BLACKWELL)).attention == "_native_cudnn"
     assert plan_for(model, Machine.card(24, generation=GpuGeneration.AMPERE)).attention == "native"
@@ -82,9 +82,9 @@ def test_nf4_is_never_planned_without_cuda() -> None:
 
 
 def test_fp8_is_only_planned_where_the_gpu_has_fp8() -> None:
-    ampere = all_plans(footprint("kontext-dev"), Machine.card(12, generation=GpuGeneration.AMPERE))
+    ampere = all_plans(footprint("dev"), Machine.card(12, generation=GpuGeneration.AMPERE))
     assert all(p.precision is not Precision.FP8 for p in ampere)
-    hopper = all_plans(footprint("kontext-dev"), Machine.card(12, generation=GpuGeneration.HOPPER))
+    hopper = all_plans(footprint("dev"), Machine.card(12, generation=GpuGeneration.HOPPER))
     assert any(p.precision is Precision.FP8 for p in hopper)
 
 
@@ -114,7 +114,7 @@ def test_cpu_only_machines_get_the_cpu_plan_or_a_clear_error() -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    with pytest.raises(UnknownModel, match="kontext-dev"):
+    with pytest.raises(UnknownModel, match="dev"):
         footprint("sdxl")
 
 

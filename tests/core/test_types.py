@@ -55,7 +55,7 @@ def test_tier_registry_prices_and_defaults() -> None:
     assert {t: s.price_credits for t, s in TIERS.items()} == {"fast": 4, "dev": 5, "pro": 8, "max": 15}
     assert get_tier("dev").steps == 28 and get_tier("dev").guidance == 2.5
     fast = get_tier("FAST")
-    assert fast.steps < get_tier("dev").steps and fast.step_cache == "first_block" and fast.trades
+    assert fast.steps == get_tier("dev").steps and fast.acceleration == "fast" and fast.trades
     assert get_tier("max").max_references == 4 and get_tier("pro").max_references == 1
     with pytest.raises(UnsupportedTier, match="tier must be one of fast, dev, pro, max; got 'ultra'"):
         get_tier("ultra")

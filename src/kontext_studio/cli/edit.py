@@ -111,7 +111,7 @@ def edit(
     aspect: Annotated[str, typer.Option(metavar="RATIO", help="match_input_image or W:H, e.g. "
                                         + ", ".join(ASPECT_PRESETS))] = "match_input_image",
     seed: Annotated[int | None, typer.Option(help="Seed (random when omitted; the one used is printed).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (tier default: dev 28, fast 14).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (tier default: 28 for dev and fast).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance (default 2.5).")] = None,
     lora: Annotated[list[str] | None, typer.Option(metavar="FILE[:WEIGHT]",
                                                    help="LoRA file, optionally with its weight; repeatable.")]
@@ -132,6 +132,10 @@ def edit(
                                                          "tolerance, 0 (strictest) to 6 (BFL's default 2).")]
     = None,
     prompt_upsampling: Annotated[bool, typer.Option(help="pro/max: let BFL rewrite the prompt first.")] = False,
+    draft: Annotated[bool, typer.Option("--draft", help="dev/fast: half the steps for a quick, visibly softer "
+                                        "look.")] = False,
+    acceleration: Annotated[str | None, typer.Option(help="dev/fast: stock, lossless or fast (default: the "
+                                                     "tier's).")] = None,
     model: ModelOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
@@ -150,7 +154,7 @@ def edit(
         references=references(images, role), instruction=instruction, tier=tier, aspect_ratio=aspect, seed=seed,
         steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
         geometry=geometry, output_format=output_format_for(output, output_format), check_references=check,
-        safety_tolerance=safety_tolerance, prompt_upsampling=prompt_upsampling,
+        safety_tolerance=safety_tolerance, prompt_upsampling=prompt_upsampling, draft=draft, acceleration=acceleration,
         **fidelity_options(identity_guard, candidates if candidates or tier.lower() not in HOSTED_TIERS else 1,
                            pixel_lock),
     )

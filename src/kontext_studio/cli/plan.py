@@ -12,7 +12,7 @@ from kontext_studio.core.errors import InvalidRequest
 GENERATIONS = "turing, ampere, ada, hopper, blackwell, apple or cpu"
 
 
-def machine_plan_line(model_id: str = "kontext-dev") -> str:
+def machine_plan_line(model_id: str = "dev") -> str:
     """One line for ``kontext doctor`` / ``kontext models``: the plan this machine gets for ``model_id``."""
     from kontext_studio.core.planner import PlanDoesNotFit, footprint, plan_for, this_machine
 

@@ -280,6 +280,9 @@ class Editor:
         warnings += ref_warnings + list(geometry.warnings)
         seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
         steps = int(request.steps or tier.steps or 28)
+        if request.draft:
+            steps = max(1, steps // 2)
+        acceleration = str(request.acceleration or tier.acceleration).lower()
         guidance = float(request.guidance if request.guidance is not None else (tier.guidance or 2.5))
         plan = GenerationPlan(
             instruction=request.instruction.strip(),
@@ -292,6 +295,7 @@ class Editor:
             loras=list(request.loras),
             step_cache=tier.step_cache,
             step_cache_threshold=tier.step_cache_threshold,
+            acceleration=acceleration,
             tier=tier.name,
             roles=[str(r.role) if r.role else None for r in request.references],
             aspect_ratio=request.aspect_ratio,
@@ -344,7 +348,9 @@ class Editor:
             "geometry": GeometryMode(request.geometry).value,
             "aspect_ratio": request.aspect_ratio,
             "output_format": fmt.value,
-            "step_cache": tier.step_cache,
+            "step_cache": (best.info.get("acceleration") or {}).get("step_cache", tier.step_cache),
+            "acceleration": best.info.get("acceleration") if tier.local else None,
+            "draft": bool(request.draft),
             "pixel_lock": request.pixel_lock if request.lock_mask is None else "mask",
             "references": [
                 {"path": str(Path(r.image).resolve()) if isinstance(r.image, str | Path) else None,
@@ -512,6 +518,8 @@ class Editor:
             pixel_lock="off" if recipe.get("pixel_lock") == "off" else "auto",
             safety_tolerance=recipe.get("safety_tolerance"),
             prompt_upsampling=bool(recipe.get("prompt_upsampling")),
+            # The recorded profile, not the tier's current one: the same acceleration reproduces the pixels.
+            acceleration=(recipe.get("acceleration") or {}).get("profile"),
         )
         if recipe.get("pixel_lock") == "mask":
             raise RecipeError("this edit used a user mask for the pixel lock; masks are not stored in the recipe, "

@@ -160,16 +160,18 @@ class ModelFootprint:
 
 # Published sizes (see the design notes on the model families).
 FOOTPRINTS: dict[str, ModelFootprint] = {m.id: m for m in (
-    ModelFootprint("kontext-dev", "FLUX.1 Kontext [dev]", 11.9, 4.88, 0.084, 3072, 57, 512, 1, 28),
-    ModelFootprint("flux2-klein-4b", "FLUX.2 [klein] 4B", 3.9, 4.0, 0.084, 3072, 25, 512, 1, 4),
-    ModelFootprint("flux2-klein-9b", "FLUX.2 [klein] 9B", 9.1, 8.2, 0.084, 4096, 32, 512, 1, 4),
+    ModelFootprint("dev", "FLUX.1 Kontext [dev]", 11.9, 4.88, 0.084, 3072, 57, 512, 1, 28),
+    ModelFootprint("klein-4b", "FLUX.2 [klein] 4B", 3.9, 4.0, 0.084, 3072, 25, 512, 1, 4),
+    ModelFootprint("klein-9b", "FLUX.2 [klein] 9B", 9.1, 8.2, 0.084, 4096, 32, 512, 1, 4),
     ModelFootprint("flux2-dev", "FLUX.2 [dev]", 32.2, 24.0, 0.084, 6144, 56, 512, 1, 28),
-    ModelFootprint("qwen-image-edit", "Qwen-Image-Edit-2511", 20.4, 8.3, 0.127, 3072, 60, 256, 2, 40),
+    ModelFootprint("qwen-edit", "Qwen-Image-Edit-2511", 20.4, 8.3, 0.127, 3072, 60, 256, 2, 40),
 )}
 # Aliases the catalogue and older configurations use.
-FOOTPRINT_ALIASES = {"dev": "kontext-dev", "kontext": "kontext-dev", "fast": "kontext-dev",
-                     "flux1-kontext-dev": "kontext-dev", "klein-4b": "flux2-klein-4b", "klein-9b": "flux2-klein-9b",
-                     "qwen-image-edit-2511": "qwen-image-edit", "qwen-image-edit-plus": "qwen-image-edit"}
+# Other names of the same models (the catalogue's full names resolve through their last part).
+FOOTPRINT_ALIASES = {"kontext-dev": "dev", "kontext": "dev", "fast": "dev", "flux-kontext-dev": "dev",
+                     "flux1-kontext-dev": "dev", "flux-2-klein-4b": "klein-4b", "flux2-klein-4b": "klein-4b",
+                     "flux-2-klein-9b": "klein-9b", "flux2-klein-9b": "klein-9b", "flux-2-dev": "flux2-dev",
+                     "qwen-image-edit": "qwen-edit", "qwen-image-edit-2511": "qwen-edit"}
 
 
 def footprint(model_id: str) -> ModelFootprint:
@@ -178,7 +180,8 @@ def footprint(model_id: str) -> ModelFootprint:
     Raises:
         UnknownModel: naming the models the planner knows.
     """
-    key = FOOTPRINT_ALIASES.get(model_id.strip().lower(), model_id.strip().lower())
+    name = model_id.strip().lower().rsplit("/", 1)[-1]
+    key = FOOTPRINT_ALIASES.get(name, name)
     if key not in FOOTPRINTS:
         raise UnknownModel(f"model must be one of {', '.join(FOOTPRINTS)}; got {model_id!r}")
     return FOOTPRINTS[key]

@@ -16,7 +16,10 @@ class TierSpec:
 
     Attributes:
         backend: ``diffusers`` (local, open weights) or ``bfl_api`` (hosted).
-        step_cache: diffusers step cache the tier turns on (``first_block`` or None) and its threshold.
+        step_cache: diffusers step cache the tier turns on (``first_block`` or None) and its threshold; tiers
+            with an acceleration profile take the profile's step cache instead.
+        acceleration: the acceleration profile local edits run with (``stock``, ``lossless``, ``fast``; see
+            ``core.acceleration``).
         trades: what the tier gives up for its speed or price, in words shown by ``kontext models``.
         requires: settings the tier needs before it can run (shown when they are missing).
     """
@@ -33,6 +36,7 @@ class TierSpec:
     step_cache: str | None = None
     step_cache_threshold: float = 0.0
     requires: tuple[str, ...] = field(default_factory=tuple)
+    acceleration: str = "stock"
 
     @property
     def local(self) -> bool:
@@ -46,14 +50,16 @@ TIERS: dict[str, TierSpec] = {
         backend="diffusers",
         price_credits=4,
         max_references=4,
-        steps=14,
+        steps=28,
         guidance=2.5,
-        description="Quick drafts on the open [dev] weights: half the steps plus a first-block step cache.",
-        trades="About 2-3x faster than dev; fine texture and small text soften, and the step cache may "
-        "reuse a step's result when consecutive steps barely differ. Promote a good draft to dev or pro "
-        "with the same seed and recipe.",
-        step_cache="first_block",
-        step_cache_threshold=0.08,
+        description="The open [dev] weights at their full 28 steps, accelerated: compiled blocks, fused attention "
+        "projections, the fastest attention kernel for the GPU, fp8 matmuls where the GPU has them, and a "
+        "MagCache step cache.",
+        trades="On a GPU with fp8 (Ada, Hopper, Blackwell) about 2-3x faster than dev at the same steps; fp8 "
+        "matmuls and the step cache (steps whose output barely changes are reused) cost a small, bounded loss "
+        "of fine detail. --draft halves the steps on top of that, visibly softer. Promote a good result to dev "
+        "or pro with the same seed and recipe.",
+        acceleration="fast",
     ),
     "dev": TierSpec(
         name="dev",

@@ -129,6 +129,8 @@ class EditRequest:
     check_references: bool = True
     safety_tolerance: int | None = None  # hosted tiers only (BFL's default 2 when None)
     prompt_upsampling: bool = False  # hosted tiers only: BFL rewrites the prompt before the edit
+    acceleration: str | None = None  # local tiers: stock, lossless or fast (None: the tier's profile)
+    draft: bool = False  # local tiers: half the steps, visibly softer, for quick looks
 
     def __post_init__(self) -> None:
         self.output_format = _enum(OutputFormat, self.output_format, "output_format")
@@ -194,6 +196,12 @@ class EditRequest:
                 f"guidance must be between 0 and 20 (Kontext default 2.5), got {self.guidance}",
                 field="guidance",
             )
+        if self.acceleration is not None:
+            from kontext_studio.core.acceleration import PROFILES
+
+            if str(self.acceleration).lower() not in PROFILES:
+                raise InvalidRequest(f"acceleration must be one of {', '.join(PROFILES)}; got {self.acceleration!r}",
+                                     field="acceleration")
         from kontext_studio.core.resolution import parse_aspect_ratio  # resolution imports this module
 
         parse_aspect_ratio(self.aspect_ratio)

@@ -43,10 +43,10 @@ class ModelSource:
 
     @classmethod
     def parse(cls, text: str | None = None, base: str | None = None, revision: str | None = None) -> ModelSource:
-        """Classify ``text``: an existing folder, a ``.safetensors``/``.sft`` file, else a hub repo id."""
+        """Classify ``text``: an existing folder, a ``.safetensors``/``.sft``/``.gguf`` file, else a hub repo id."""
         text = (text or DEFAULT_MODEL).strip()
         p = Path(text).expanduser()
-        if p.suffix.lower() in (".safetensors", ".sft"):
+        if p.suffix.lower() in (".safetensors", ".sft", ".gguf"):
             return cls("single_file", str(p), base or DEFAULT_MODEL, revision)
         if p.is_dir() or text.startswith((".", "/", "~")) or text.count("/") != 1:
             return cls("folder", str(p), None, None)

@@ -69,6 +69,7 @@ class GenerationPlan:
     loras: list[LoraSpec] = field(default_factory=list)
     step_cache: str | None = None
     step_cache_threshold: float = 0.0
+    acceleration: str = "stock"  # the acceleration profile (core.acceleration) local backends apply
     # What hosted backends send as is (local backends use model_size and the references' placements).
     tier: str = ""
     roles: list[str | None] = field(default_factory=list)

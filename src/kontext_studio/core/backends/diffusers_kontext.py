@@ -11,11 +11,10 @@ content, hot-swaps LoRA adapters without touching the base weights, and stops mi
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 from PIL import Image
 
+from kontext_studio.core.acceleration import AccelerationReport, Accelerator, compile_cache_dir, get_profile
 from kontext_studio.core.backends.base import (
     CancelFn,
     EditBackend,
@@ -42,6 +42,7 @@ from kontext_studio.core.device import (
 )
 from kontext_studio.core.errors import Canceled, WeightsNotFound
 from kontext_studio.core.lora import LoraFormat, LoraInfo, check_fit, read_lora, to_diffusers
+from kontext_studio.core.quantize import apply_weight_precision, load_transformer_file
 from kontext_studio.core.types import LoraSpec
 from kontext_studio.core.weights import ModelSource, WeightsStatus, fingerprint, locate
 
@@ -216,15 +217,20 @@ class DiffusersKontextBackend(EditBackend):
         memory_mode: ``auto`` (from free VRAM) or a ``MemoryMode`` value.
         token: Hugging Face token for the gated repo.
         allow_download: fetch missing hub weights (otherwise only the local cache is used).
-        cache_dir: where file fingerprints are cached.
+        cache_dir: where file fingerprints (and torch.compile's caches) are kept.
         on_status: receives one-line status messages while loading.
+        precision: transformer weights on load: ``auto`` (the memory planner's choice on a GPU, as stored on
+            the CPU), ``bf16``, ``fp8``, ``int8`` or ``nf4`` (see ``core.quantize``). A GGUF or fp8 checkpoint
+            keeps its own format.
+        text_encoder_precision: ``auto``, ``bf16``, ``fp8`` or ``int8`` for the text encoders.
     """
 
     name = "diffusers"
 
     def __init__(self, source: ModelSource | str | None = None, *, device: str = "auto", dtype: str = "auto",
                  memory_mode: str = "auto", token: str | None = None, allow_download: bool = False,
-                 cache_dir: str | Path | None = None, on_status: Callable[[str], None] | None = None):
+                 cache_dir: str | Path | None = None, on_status: Callable[[str], None] | None = None,
+                 precision: str = "auto", text_encoder_precision: str = "auto"):
         self.source = source if isinstance(source, ModelSource) else ModelSource.parse(source)
         self._device_pref, self._dtype_pref, self._memory_pref = device, dtype, memory_mode
         self.token, self.allow_download, self.cache_dir = token, allow_download, cache_dir
@@ -237,6 +243,9 @@ class DiffusersKontextBackend(EditBackend):
         self._references = _LRU(REFERENCE_CACHE_SIZE)
         self.loras: LoraSlots | None = None
         self.stats = {"loads": 0, "prompt_encodes": 0, "reference_encodes": 0}
+        self._precision_pref, self._te_precision_pref = precision, text_encoder_precision
+        self.weights_info: dict[str, Any] = {"format": "diffusers", "precision": "as stored"}
+        self.accelerator: Accelerator | None = None
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -257,6 +266,7 @@ class DiffusersKontextBackend(EditBackend):
         self.device_plan = DevicePlan(device, dtype, mode, free_vram(device), reason)
         self.pipe = edit_pipe
         self.loras = LoraSlots(edit_pipe)
+        self.accelerator = Accelerator(edit_pipe.transformer, device)
 
     def load(self) -> KontextEditPipeline:
         """Load the pipeline once (later calls return the warm one).
@@ -279,12 +289,21 @@ class DiffusersKontextBackend(EditBackend):
             base = locate(ModelSource.parse(self.source.base, revision=self.source.revision), self.token,
                           self.allow_download)
             assert base.path is not None
-            transformer = FluxTransformer2DModel.from_single_file(
-                status.path, config=base.path, subfolder="transformer", dtype=dtype
-            )
+            # GGUF and fp8 files keep their format; a plain checkpoint loads as before.
+            transformer, self.weights_info = load_transformer_file(FluxTransformer2DModel, status.path, base.path,
+                                                                   dtype)
+            if transformer is None:
+                transformer = FluxTransformer2DModel.from_single_file(
+                    status.path, config=base.path, subfolder="transformer", dtype=dtype
+                )
             pipe = FluxKontextPipeline.from_pretrained(base.path, transformer=transformer, dtype=dtype)
         else:
             pipe = FluxKontextPipeline.from_pretrained(status.path, dtype=dtype)
+        self.weights_info = apply_weight_precision(
+            pipe, ["text_encoder", "text_encoder_2"], device, self._precision_pref, self._te_precision_pref,
+            self.weights_info, on_status=self.on_status)
+        if self.cache_dir is not None and device != "cpu":
+            compile_cache_dir(Path(self.cache_dir))
         mode, reason = self._memory_mode(pipe, device)
         self._apply_memory_mode(pipe, mode, device)
         self._adopt(pipe, mode, reason)
@@ -347,6 +366,7 @@ class DiffusersKontextBackend(EditBackend):
             "fingerprint": self._fingerprint,
             "random_weights": self.status.random_weights,
             "resolution": self.status.resolution,
+            "weights": dict(self.weights_info),
             **self.device_plan.as_dict(),
         }
 
@@ -386,25 +406,6 @@ class DiffusersKontextBackend(EditBackend):
             ids = ids.to(dtype)
         return tokens, ids
 
-    @contextlib.contextmanager
-    def _step_cache(self, kind: str | None, threshold: float) -> Iterator[None]:
-        pipe = self.pipe
-        assert pipe is not None
-        if kind is None:
-            yield
-            return
-        from diffusers.hooks import FirstBlockCacheConfig
-
-        if kind != "first_block":
-            raise ValueError(f"unknown step cache {kind!r}")
-        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-        try:
-            # The stock pipeline never enters a cache context; the cache hooks need one.
-            with pipe.transformer.cache_context("cond"):
-                yield
-        finally:
-            pipe.transformer.disable_cache()
-
     def generate(self, plan: GenerationPlan, on_step: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> GenerationOutput:
         pipe = self.load()
@@ -433,8 +434,14 @@ class DiffusersKontextBackend(EditBackend):
             raise Canceled("canceled before the first step")
         width, height = plan.model_size
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+        assert self.accelerator is not None
+        report = self.accelerator.use(get_profile(plan.acceleration or "stock", "kontext"))
+        if report.step_cache is None and plan.step_cache is not None and report.profile == "stock":
+            # A tier that names its own step cache without a profile.
+            report = AccelerationReport(**{**report.as_dict(), "step_cache": plan.step_cache,
+                                           "step_cache_threshold": plan.step_cache_threshold})
         t = time.perf_counter()
-        with self._step_cache(plan.step_cache, plan.step_cache_threshold):
+        with self.accelerator.step_cache(report.step_cache, report.step_cache_threshold, plan.steps):
             latents = pipe(
                 image=None,
                 prompt_embeds=embeds,
@@ -456,5 +463,5 @@ class DiffusersKontextBackend(EditBackend):
         image = pipe.decode_latents(latents, height, width)
         timings["decode"] = time.perf_counter() - t
         info = {"loras": lora_entries, "reference_tokens": int(tokens.shape[1]),
-                "step_cache": plan.step_cache}
+                "step_cache": report.step_cache, "acceleration": report.as_dict()}
         return GenerationOutput(image=image, timings=timings, info=info)

@@ -1,0 +1,317 @@
+"""Acceleration as data: named profiles of attention backend, regional compilation, fused QKV, fp8 and step cache.
+
+A profile says what to turn on; ``Accelerator`` applies it to a warm pipeline, reverting what the previous
+profile turned on, and reports what actually ran (an attention backend this GPU lacks falls back to PyTorch's
+SDPA, fp8 matmuls fall back to none where the GPU has no fp8, and each fallback is named). The recipe
+records the profile and the report; replay asks for the same profile by name.
+
+Profiles:
+
+* ``stock``: diffusers as shipped (bit-identical to the stock pipeline).
+* ``lossless``: the fastest attention backend for the GPU, regional compilation of the repeated transformer
+  blocks, fused QKV projections. Same maths; pixels differ only by floating-point reordering.
+* ``fast``: ``lossless`` plus fp8 dynamic quantization of the transformer's linear layers where the GPU has fp8
+  tensor cores, plus a step cache (MagCache with the published FLUX ratios for the FLUX families; first-block
+  cache elsewhere) at the model's normal step count. It trades a small, bounded loss: steps whose output
+  barely changes are reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kontext_studio.core.errors import InvalidRequest
+from kontext_studio.core.planner import GpuGeneration, attention_backend_for
+
+STEP_CACHES = ("magcache", "taylorseer", "first_block")
+
+
+@dataclass(frozen=True)
+class AccelerationProfile:
+    """What to turn on for one model.
+
+    Attributes:
+        name: profile name recorded in the recipe.
+        attention: ``auto`` (by GPU generation), ``native``, ``_native_cudnn``, ``_flash_3``, ``flash``, ``sage``.
+        compile: regional compilation of the repeated transformer blocks (``compile_repeated_blocks``).
+        fuse_qkv: fuse the query/key/value projections into one matmul.
+        fp8: fp8 dynamic quantization of the linear layers (torchao) where the GPU has fp8 tensor cores.
+        step_cache: ``magcache``, ``taylorseer``, ``first_block`` or None.
+        step_cache_threshold: the cache's threshold (MagCache: accumulated error; first-block: relative change).
+    """
+
+    name: str
+    attention: str = "native"
+    compile: bool = False
+    fuse_qkv: bool = False
+    fp8: bool = False
+    step_cache: str | None = None
+    step_cache_threshold: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+STOCK = AccelerationProfile("stock")
+LOSSLESS = AccelerationProfile("lossless", attention="auto", compile=True, fuse_qkv=True)
+FAST = AccelerationProfile("fast", attention="auto", compile=True, fuse_qkv=True, fp8=True, step_cache="magcache",
+                           step_cache_threshold=0.06)
+PROFILES = {p.name: p for p in (STOCK, LOSSLESS, FAST)}
+# Families without published MagCache ratios use the first-block cache; FLUX.2 [klein] runs 4 steps, too few
+# for any step cache to skip one safely.
+FAMILY_STEP_CACHE = {"kontext": ("magcache", 0.06), "flux2": ("magcache", 0.06), "qwen": ("first_block", 0.08),
+                     "klein": (None, 0.0)}
+
+
+def get_profile(name: str, family: str = "kontext") -> AccelerationProfile:
+    """The profile ``name`` adjusted for ``family`` (its step cache).
+
+    Raises:
+        InvalidRequest: naming the profiles.
+    """
+    key = str(name).strip().lower()
+    if key not in PROFILES:
+        raise InvalidRequest(f"acceleration must be one of {', '.join(PROFILES)}; got {name!r}", field="acceleration")
+    profile = PROFILES[key]
+    if profile.step_cache is not None and family in FAMILY_STEP_CACHE:
+        cache, threshold = FAMILY_STEP_CACHE[family]
+        profile = replace(profile, step_cache=cache, step_cache_threshold=threshold)
+    return profile
+
+
+def gpu_generation(device: str) -> GpuGeneration:
+    """The generation of ``device`` (cpu and mps without querying CUDA)."""
+    if device.startswith("cuda"):
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        return GpuGeneration.from_capability(major, minor)
+    return GpuGeneration.APPLE if device.startswith("mps") else GpuGeneration.CPU
+
+
+def compile_cache_dir(home: str | Path | None) -> Path | None:
+    """Point torch.compile's caches (Inductor and Triton) at ``<home>/cache/torch_compile`` so a restart reuses
+    them; an explicitly set ``TORCHINDUCTOR_CACHE_DIR`` wins. Returns the folder used."""
+    if home is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        return None
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = Path(home or ".").expanduser() / "cache" / "torch_compile"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+        os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    folder = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    with contextlib.suppress(Exception):
+        import torch
+
+        # Keep compiled graphs on disk (FX graph cache and autotuning results): the next start skips compiling.
+        torch._inductor.config.fx_graph_cache = True
+        torch._inductor.config.autotune_local_cache = True
+    return folder
+
+
+@dataclass
+class AccelerationReport:
+    """What ran: the profile, the attention backend actually used, and every fallback in words."""
+
+    profile: str
+    attention: str = "native"
+    compiled: bool = False
+    fused_qkv: bool = False
+    fp8: bool = False
+    step_cache: str | None = None
+    step_cache_threshold: float = 0.0
+    fallbacks: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Accelerator:
+    """Applies profiles to one warm pipeline's transformer.
+
+    Args:
+        transformer: the pipeline's denoiser (a diffusers ``ModelMixin``).
+        device: where it runs (``cuda``, ``cuda:1``, ``mps``, ``cpu``).
+        compile_on_cpu: compile on the CPU too. Off by default: Inductor's CPU compile takes longer than it
+            saves on an edit or two, and compilation is a GPU speed-up.
+    """
+
+    def __init__(self, transformer: Any, device: str, compile_on_cpu: bool = False):
+        self.transformer = transformer
+        self.device = device
+        self.compile_on_cpu = compile_on_cpu
+        self.generation = gpu_generation(device)
+        self.current: AccelerationReport = AccelerationReport("stock")
+        self._compiled: list[Any] = []
+        self._compiled_inner = False
+        self._fp8_applied = False
+
+    # -- load-time parts (kept while the profile stays the same) ---------------------------------------
+    def use(self, profile: AccelerationProfile) -> AccelerationReport:
+        """Switch the transformer to ``profile``; returns what is now active (fallbacks included)."""
+        if self.current.profile == profile.name and not self._drifted(profile):
+            return self.current
+        report = AccelerationReport(profile.name, step_cache=profile.step_cache,
+                                    step_cache_threshold=profile.step_cache_threshold)
+        report.attention = self._attention(profile.attention, report.fallbacks)
+        report.fused_qkv = self._fuse(profile.fuse_qkv, report.fallbacks)
+        report.fp8 = self._fp8(profile.fp8, report.fallbacks)
+        report.compiled = self._compile(profile.compile, report.fallbacks, inner=profile.step_cache is not None)
+        self.current = report
+        return report
+
+    def _drifted(self, profile: AccelerationProfile) -> bool:
+        return (self.current.step_cache, self.current.step_cache_threshold) != (profile.step_cache,
+                                                                                 profile.step_cache_threshold)
+
+    def _attention(self, wanted: str, fallbacks: list[str]) -> str:
+        if wanted == "auto":
+            wanted = attention_backend_for(self.generation)[0] if self.generation.cuda else "native"
+        if wanted != "native" and not self.generation.cuda:
+            fallbacks.append(f"attention {wanted} needs an NVIDIA GPU; PyTorch SDPA used on {self.device}")
+            wanted = "native"
+        if wanted == "_flash_3" and self.generation is not GpuGeneration.HOPPER:
+            fallbacks.append(f"FlashAttention-3 runs only on Hopper (this GPU is {self.generation.value}); "
+                             "PyTorch SDPA used")
+            wanted = "native"
+        if not hasattr(self.transformer, "set_attention_backend"):
+            return "native"
+        try:
+            self.transformer.set_attention_backend(wanted)
+        except Exception as exc:  # kernel package missing or unsupported here
+            if wanted == "native":
+                raise
+            fallbacks.append(f"attention {wanted} unavailable ({str(exc).splitlines()[0][:160]}); "
+                             "PyTorch SDPA used")
+            self.transformer.set_attention_backend("native")
+            wanted = "native"
+        return wanted
+
+    def _fuse(self, wanted: bool, fallbacks: list[str]) -> bool:
+        fused = bool(getattr(self.transformer, "_kontext_fused", False))
+        if wanted == fused:
+            return fused
+        if self._compiled:
+            self._uncompile()  # the compiled graphs captured the unfused layers
+        try:
+            if wanted:
+                self.transformer.fuse_qkv_projections()
+            else:
+                self.transformer.unfuse_qkv_projections()
+        except Exception as exc:
+            fallbacks.append(f"fused QKV unavailable for {type(self.transformer).__name__} "
+                             f"({exc.__class__.__name__}); separate projections used")
+            return fused
+        self.transformer._kontext_fused = wanted
+        return wanted
+
+    def _fp8(self, wanted: bool, fallbacks: list[str]) -> bool:
+        if not wanted:
+            if self._fp8_applied:
+                fallbacks.append("fp8 quantization stays applied until the model reloads")
+            return self._fp8_applied
+        if self._fp8_applied:
+            return True
+        if not self.generation.has_fp8:
+            fallbacks.append(f"fp8 matmuls need an Ada, Hopper or Blackwell GPU (this is {self.generation.value}); "
+                             "weights left in their precision")
+            return False
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+        except ImportError:
+            fallbacks.append("fp8 dynamic quantization needs torchao (pip install torchao); skipped")
+            return False
+        if self._compiled:
+            self._uncompile()
+        quantize_(self.transformer, Float8DynamicActivationFloat8WeightConfig())
+        self._fp8_applied = True
+        return True
+
+    def _compile(self, wanted: bool, fallbacks: list[str], inner: bool = False) -> bool:
+        if not wanted:
+            if self._compiled:
+                self._uncompile()
+            return False
+        if self.device == "cpu" and not self.compile_on_cpu:
+            fallbacks.append("regional compilation is a GPU speed-up; skipped on the CPU")
+            return False
+        if self._compiled and self._compiled_inner == inner:
+            return True
+        if self._compiled:
+            self._uncompile()
+        self._compiled_inner = inner
+        blocks = getattr(self.transformer, "_repeated_blocks", None) or []
+        if not blocks:
+            fallbacks.append(f"{type(self.transformer).__name__} names no repeated blocks; not compiled")
+            return False
+        _import_inductor()
+        # The same steps as diffusers' compile_repeated_blocks, keeping the list so the profile can be undone.
+        # A step cache hooks the blocks themselves with functions torch.compile must not trace; then the
+        # blocks' parts (attention, feed-forward, norms) are compiled instead, which the hooks leave alone.
+        for module in self.transformer.modules():
+            if type(module).__name__ in blocks:
+                targets = [c for c in module.children() if any(True for _ in c.parameters())] if inner else [module]
+                for target in targets:
+                    target.compile(fullgraph=not inner)
+                    self._compiled.append(target)
+        return True
+
+    def _uncompile(self) -> None:
+        for module in self._compiled:
+            module._compiled_call_impl = None
+        self._compiled = []
+
+    # -- per-call part --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step_cache(self, kind: str | None, threshold: float, steps: int) -> Iterator[None]:
+        """Turn a diffusers step cache on for one generation of ``steps`` steps."""
+        if kind is None:
+            yield
+            return
+        config = step_cache_config(kind, threshold, steps)
+        self.transformer.enable_cache(config)
+        try:
+            # The stock pipelines never enter a cache context; the cache hooks need one.
+            with self.transformer.cache_context("cond"):
+                yield
+        finally:
+            self.transformer.disable_cache()
+
+
+def _import_inductor() -> None:
+    """Import torch's compiler up front: its import runs deprecated torch.jit code that warns (torch's own
+    internals, nothing this program calls), which would otherwise surface in the middle of the first edit."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
+
+
+def step_cache_config(kind: str, threshold: float, steps: int) -> Any:
+    """The diffusers cache config for ``kind`` at ``threshold``, sized for ``steps`` steps.
+
+    Raises:
+        InvalidRequest: unknown kind.
+    """
+    from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+    if kind == "first_block":
+        return FirstBlockCacheConfig(threshold=threshold)
+    if kind == "magcache":
+        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+        # The published ratios are for 28 steps; MagCache interpolates them to other step counts.
+        return MagCacheConfig(threshold=threshold or 0.06, num_inference_steps=steps, mag_ratios=FLUX_MAG_RATIOS,
+                              max_skip_steps=3, retention_ratio=0.2)
+    if kind == "taylorseer":
+        import torch
+
+        return TaylorSeerCacheConfig(cache_interval=max(2, int(threshold) or 4), disable_cache_before_step=3,
+                                     taylor_factors_dtype=torch.float32)
+    raise InvalidRequest(f"step cache must be one of {', '.join(STEP_CACHES)}; got {kind!r}", field="step_cache")
