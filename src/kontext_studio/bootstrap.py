@@ -37,6 +37,7 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
 
     def diffusers_backend() -> EditBackend:
         quiet_third_party_logs()
+        compile_cache_dir(settings.home)
         from kontext_studio.core.backends.diffusers_kontext import DiffusersKontextBackend
 
         return DiffusersKontextBackend(
@@ -144,6 +145,21 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
 _OWN_HANDLERS = ("torch", "transformers", "diffusers")
 _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "BITSANDBYTES_NOWELCOME": "1"}
+
+
+def compile_cache_dir(home: Path) -> Path:
+    """Point torch.compile's caches (Inductor, Triton) at ``<home>/cache/torch_compile`` so that a restart
+    reuses the compiled graphs instead of compiling again; an explicitly set ``TORCHINDUCTOR_CACHE_DIR`` wins.
+
+    Returns:
+        The folder in use.
+    """
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = Path(home).expanduser() / "cache" / "torch_compile"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+        os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def quiet_third_party_logs() -> None:

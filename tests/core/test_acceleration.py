@@ -16,7 +16,6 @@ from kontext_studio.core.acceleration import (
     STOCK,
     AccelerationProfile,
     Accelerator,
-    compile_cache_dir,
     get_profile,
     step_cache_config,
 )
@@ -101,6 +100,8 @@ def test_step_caches_switch_on_for_one_generation(pipe, kind: str) -> None:  # t
 def test_compile_cache_persists_under_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    from kontext_studio.bootstrap import compile_cache_dir
+
     folder = compile_cache_dir(tmp_path / "home")
     assert folder == tmp_path / "home" / "cache" / "torch_compile" and folder.is_dir()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))

@@ -19,10 +19,8 @@ Profiles:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.errors import InvalidRequest
@@ -94,24 +92,14 @@ def gpu_generation(device: str) -> GpuGeneration:
     return GpuGeneration.APPLE if device.startswith("mps") else GpuGeneration.CPU
 
 
-def compile_cache_dir(home: str | Path | None) -> Path | None:
-    """Point torch.compile's caches (Inductor and Triton) at ``<home>/cache/torch_compile`` so a restart reuses
-    them; an explicitly set ``TORCHINDUCTOR_CACHE_DIR`` wins. Returns the folder used."""
-    if home is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        return None
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        folder = Path(home or ".").expanduser() / "cache" / "torch_compile"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-        os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
-    folder = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+def keep_compiled_graphs() -> None:
+    """Have torch.compile keep compiled graphs and autotuning results in its on-disk cache, so the next start
+    skips compiling (the cache folder itself is set by the composition root: ``bootstrap.compile_cache_dir``)."""
     with contextlib.suppress(Exception):
         import torch
 
-        # Keep compiled graphs on disk (FX graph cache and autotuning results): the next start skips compiling.
         torch._inductor.config.fx_graph_cache = True
         torch._inductor.config.autotune_local_cache = True
-    return folder
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 from PIL import Image
 
-from kontext_studio.core.acceleration import AccelerationReport, Accelerator, compile_cache_dir, get_profile
+from kontext_studio.core.acceleration import AccelerationReport, Accelerator, get_profile, keep_compiled_graphs
 from kontext_studio.core.backends.base import (
     CancelFn,
     EditBackend,
@@ -302,8 +302,8 @@ class DiffusersKontextBackend(EditBackend):
         self.weights_info = apply_weight_precision(
             pipe, ["text_encoder", "text_encoder_2"], device, self._precision_pref, self._te_precision_pref,
             self.weights_info, on_status=self.on_status)
-        if self.cache_dir is not None and device != "cpu":
-            compile_cache_dir(Path(self.cache_dir))
+        if device != "cpu":
+            keep_compiled_graphs()
         mode, reason = self._memory_mode(pipe, device)
         self._apply_memory_mode(pipe, mode, device)
         self._adopt(pipe, mode, reason)
