@@ -172,10 +172,9 @@ def quiet_third_party_logs() -> None:
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
     configured = bool(logging.getLogger().handlers)
-    # torchao (optional quantization) logs its missing GPU kernels and torch registrations at import on
-    # CPU-only machines: nothing a user can act on.
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    if not configured:
+        # torchao (optional quantization) logs its missing GPU kernels at import on CPU-only machines.
+        logging.getLogger("torchao").setLevel(logging.ERROR)
     import diffusers.utils.logging as diffusers_logging
     import torch  # noqa: F401  (installs torch's console handler, taken back below before anything logs)
     import transformers.utils.logging as transformers_logging
