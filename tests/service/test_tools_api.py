@@ -195,6 +195,16 @@ def test_ai_tool_is_charged_exactly_like_an_edit(app: Any, accounts: SqlAccounts
     assert http.post("/v1/tools/relight", json={"input_image": image, "model": "flux-kontext-huge"}).status_code == 422
 
 
+class NoSettings:
+    """No administrator has touched the settings: the router's defaults apply."""
+
+    def get(self, name: str) -> str | None:
+        return None
+
+    def put(self, name: str, value: str, by: int | None) -> None:
+        raise AssertionError("not changed in this test")
+
+
 def test_rate_limited_per_user_and_per_address(engine: Engine) -> None:
     sessions = make_session_factory(engine)
     someone = UserRecord(id=10_000_000 + uuid.uuid4().int % 1000, email="x@example.com", name="x", is_admin=False,
@@ -209,7 +219,8 @@ def test_rate_limited_per_user_and_per_address(engine: Engine) -> None:
         application = FastAPI()
         application.add_exception_handler(KontextError, kontext_error_handler)
         application.include_router(tools_router(
-            storage=MemoryStorage(), sessions=sessions, user=auth, signer=UrlSigner(SECRET),
+            storage=MemoryStorage(), sessions=sessions, settings_store=NoSettings(), user=auth,
+            signer=UrlSigner(SECRET),
             submit=lambda *a: "", get_job=lambda *a: None, envelope_for=lambda *a: {},
             per_user_limit=per_user, per_address_limit=per_address, open_to_visitors=open_))
         return TestClient(application)

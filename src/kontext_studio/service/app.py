@@ -92,8 +92,8 @@ def _include_factory_routers(app: FastAPI, services: Services) -> None:
         return services.predictions.submit(me, tier, Submission(input=payload["input"], model=payload.get("model")))[0]
 
     app.include_router(tools_router(storage=services.storage, sessions=services.jobs.sessions, user=current_user,
-                                    signer=services.signer, free=services.free, submit=submit,
-                                    get_job=services.predictions.get,
+                                    settings_store=app.state.server_settings, signer=services.signer,
+                                    free=services.free, submit=submit, get_job=services.predictions.get,
                                     envelope_for=lambda request, job: services.predictions.envelope(base_of(request),
                                                                                                    job)))
 

@@ -39,7 +39,7 @@ from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
 
 MAX_BODY = 60 * 2**20  # a collage of several phone photos
-SETTINGS_KEY = "settings/tools.json"
+VISITORS_SETTING = "tools_open_to_visitors"
 OUT_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 RESERVED_FIELDS = ("images", "image", "mask", "format", "quality")
 
@@ -56,27 +56,18 @@ class ToolSettingsIn(BaseModel):
 
 
 class ToolSettings:
-    """The administrator's switch, kept in storage so it survives restarts (one small JSON blob)."""
+    """The administrator's switch, in the server settings table (so every API process sees the same value)."""
 
-    def __init__(self, storage: Storage, default: bool):
-        self.storage, self.default = storage, default
-        self._lock = threading.Lock()
-        self._cached: bool | None = None
+    def __init__(self, store: Any, default: bool):
+        self.store, self.default = store, default
 
     @property
     def open_to_visitors(self) -> bool:
-        with self._lock:
-            if self._cached is None:
-                try:
-                    self._cached = bool(json.loads(self.storage.get(SETTINGS_KEY))["open_to_visitors"])
-                except (KontextError, KeyError, ValueError, OSError):
-                    self._cached = self.default
-            return self._cached
+        value = self.store.get(VISITORS_SETTING)
+        return self.default if value is None else value == "1"
 
-    def set(self, value: bool) -> None:
-        with self._lock:
-            self.storage.put(SETTINGS_KEY, json.dumps({"open_to_visitors": value}).encode())
-            self._cached = value
+    def set(self, value: bool, by: int | None) -> None:
+        self.store.put(VISITORS_SETTING, "1" if value else "0", by)
 
 
 def _tier_of(model: str | None) -> str:
@@ -88,7 +79,8 @@ def _tier_of(model: str | None) -> str:
     return tier
 
 
-def tools_router(*, storage: Storage, sessions: Any, user: Callable[..., UserRecord], signer: UrlSigner,
+def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: Callable[..., UserRecord],
+                 signer: UrlSigner,
                  submit: Callable[[UserRecord, str, dict[str, Any]], str], get_job: Callable[[int, str], Any],
                  envelope_for: Callable[[Request, Any], dict[str, Any]], free: bool = False,
                  per_user_limit: int = 30, per_address_limit: int = 60, open_to_visitors: bool = False,
@@ -96,8 +88,10 @@ def tools_router(*, storage: Storage, sessions: Any, user: Callable[..., UserRec
     """The tools routes.
 
     Args:
-        storage: where uploads, outputs and the tools setting are kept.
+        storage: where uploads and outputs are kept.
         sessions: the database session factory (the caller's files: ownership of ids, outputs recorded).
+        settings_store: the server settings (``get(name)``, ``put(name, value, by)``), where the visitors
+            switch is kept.
         user: the service's authentication (raises ``Unauthorized`` without valid credentials).
         signer: signs file URLs handed back.
         submit: submits a prediction for a user (``tier``, ``{"model", "input"}``) through the normal path and
@@ -110,7 +104,7 @@ def tools_router(*, storage: Storage, sessions: Any, user: Callable[..., UserRec
     """
     router = APIRouter(tags=["tools"])
     files = SqlFiles(sessions)
-    settings = ToolSettings(storage, open_to_visitors)
+    settings = ToolSettings(settings_store, open_to_visitors)
     by_user = RateLimiter(per_user_limit, 60.0)
     by_address = RateLimiter(per_address_limit, 60.0)
     gate = threading.BoundedSemaphore(concurrency)
@@ -153,7 +147,8 @@ def tools_router(*, storage: Storage, sessions: Any, user: Callable[..., UserRec
     def put_settings(body: ToolSettingsIn, me: UserRecord | None = caller_dep) -> dict[str, Any]:
         """Open the free tools to visitors without an account, or close them again (administrators)."""
         _admin(me)
-        settings.set(body.open_to_visitors)
+        assert me is not None
+        settings.set(body.open_to_visitors, me.id)
         return {"open_to_visitors": settings.open_to_visitors}
 
     def _admin(me: UserRecord | None) -> None:
