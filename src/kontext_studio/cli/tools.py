@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kontext_studio.cli.output import err, handles_errors, out, print_json
+from kontext_studio.cli.output import err, escape, handles_errors, out, print_json, status_line
 from kontext_studio.core.errors import InvalidRequest
 
 
@@ -60,12 +60,13 @@ def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Print the r
     out.print("[bold]Free tools[/] (no credits, run on this machine):")
     for t in list_tools():
         missing = " [yellow](model not installed)[/]" if t.model and not installed.get(t.model, True) else ""
-        out.print(f"  [cyan]{t.name:20}[/] {t.description}{missing}", highlight=False)
+        out.print(f"  [cyan]{escape(f'{t.name:20}')}[/] {escape(f'{t.description}{missing}')}", highlight=False)
     price_text = ", ".join(f"{k} {v}" for k, v in prices.items())
     out.print(f"\n[bold]AI tools[/] (an edit on the tier you pick, priced like one: {price_text} credits):")
     for a in AI_TOOLS.values():
-        out.print(f"  [cyan]{a.name:22}[/] {a.description}", highlight=False)
-    out.print("\nRun one: kontext tool NAME IN... -o OUT [--param value]; its parameters: kontext tool NAME --help")
+        out.print(f"  [cyan]{escape(f'{a.name:22}')}[/] {escape(a.description)}", highlight=False)
+    out.print(escape("\nRun one: kontext tool NAME IN... -o OUT [--param value]; its parameters: kontext tool NAME "
+                     "--help"))
 
 
 def _print_params(name: str) -> None:
@@ -164,7 +165,7 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
         signed = sign_tool_result(data, fmt, spec, result, [Path(p) for p in inputs])
         data, credentials = signed.data, signed.signed
         if signed.note and result.changes_pixels and not as_json:
-            err.print(f"[yellow]note:[/] {signed.note}", highlight=False)
+            err.print(f"[yellow]note:[/] {escape(signed.note)}", highlight=False)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(data)
         saved = (output, len(data))
@@ -175,13 +176,14 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
         return
     if saved:
         size = f"{result.image.width}x{result.image.height}, " if result.image is not None else ""
-        out.print(f"[green]saved[/] {saved[0]}  ({size}{saved[1] / 1000:.1f} KB, {seconds:.2f} s)", highlight=False)
+        out.print(f"[green]saved[/] {escape(str(saved[0]))}  ({size}{saved[1] / 1000:.1f} KB, {seconds:.2f} s)",
+                  highlight=False)
     if spec.name == "inspect":
-        out.print(result.info["summary"], highlight=False)
+        out.print(escape(str(result.info["summary"])), highlight=False)
     elif result.info:
         for key, value in result.info.items():
             if key not in ("face_boxes", "width", "height") or reports:
-                out.print(f"  {key}: {value}", highlight=False)
+                out.print(escape(f"  {key}: {value}"), highlight=False)
 
 
 def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None, tier: str, model: str | None,
@@ -198,15 +200,16 @@ def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None
     request = EditRequest(references=[Reference(p) for p in inputs], instruction=instruction, tier=tier, seed=seed,
                           steps=steps, output_format=format_for_path(output).value)
     request.validate()
-    editor = build_editor(with_overrides(Settings.from_env(), model=model), on_status=lambda m: err.print(m))
+    editor = build_editor(with_overrides(Settings.from_env(), model=model), on_status=status_line)
     with progress_bars(not as_json) as on_progress:
         result = editor.edit(request, on_progress=on_progress)
     path = result.save(output)
     if as_json:
         print_json({"tool": ai.name, "output": str(path), "instruction": instruction, **result.summary()})
         return
-    out.print(f"[green]saved[/] {path}  (seed {result.seed}, {result.timings['total']:.2f} s)", highlight=False)
-    out.print(f"instruction: {instruction}", highlight=False)
+    out.print(f"[green]saved[/] {escape(str(path))}  (seed {result.seed}, {result.timings['total']:.2f} s)",
+              highlight=False)
+    out.print(escape(f"instruction: {instruction}"), highlight=False)
 
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}

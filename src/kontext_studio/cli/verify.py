@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kontext_studio.cli.output import handles_errors, out, print_json
+from kontext_studio.cli.output import escape, handles_errors, out, print_json
 
 if TYPE_CHECKING:
     from kontext_studio.core.provenance.credentials import ContentCredentials
@@ -45,26 +45,26 @@ def verify(
         raise typer.Exit(code)
     colour = {"trusted": "green", "unknown_issuer": "yellow", "expired": "yellow",
               "invalid": "bold red"}.get(report.credentials, "dim")
-    out.print(f"[bold]{image}[/]  {report.format} {report.size[0]}×{report.size[1]}" if report.size else
-              f"[bold]{image}[/]", highlight=False)
-    out.print(f"content credentials: [{colour}]{report.credentials_text}[/]", highlight=False)
+    out.print(f"[bold]{escape(str(image))}[/]  {report.format} {report.size[0]}×{report.size[1]}" if report.size
+              else f"[bold]{escape(str(image))}[/]", highlight=False)
+    out.print(f"content credentials: [{colour}]{escape(report.credentials_text)}[/]", highlight=False)
     ai = {True: "yes", False: "no AI step recorded", None: "nothing says"}[report.ai_generated]
     out.print(f"made or edited with AI: {ai}", highlight=False)
     for i, step in enumerate(reversed(report.history)):
         signer = f" — signed by {step.signer}" if step.signer else ""
         when = f" on {step.signed_at}" if step.signed_at else ""
-        out.print(f"  {i + 1}. {step.sentence()}{signer}{when}", highlight=False)
+        out.print(escape(f"  {i + 1}. {step.sentence()}{signer}{when}"), highlight=False)
     for failure in report.failures if report.credentials in ("invalid", "expired") else []:
-        out.print(f"  [red]✗[/] {failure}", highlight=False)
+        out.print(f"  [red]✗[/] {escape(str(failure))}", highlight=False)
     if report.iptc_source_type:
         from kontext_studio.core.provenance.inspect import source_type_words
 
-        out.print(f"IPTC digital source type: {source_type_words(report.iptc_source_type)}", highlight=False)
+        out.print(escape(f"IPTC digital source type: {source_type_words(report.iptc_source_type)}"), highlight=False)
     if report.recipe:
         r = report.recipe
         facts = ", ".join(f"{k} {r[k]}" for k in ("seed", "tier") if r.get(k) is not None)
-        out.print(f"Kontext Studio recipe: {r.get('instruction')!r}" + (f" ({facts})" if facts else "")
-                  + "; `kontext replay` re-runs it", highlight=False)
+        out.print(escape(f"Kontext Studio recipe: {r.get('instruction')!r}" + (f" ({facts})" if facts else "")
+                         + "; `kontext replay` re-runs it"), highlight=False)
     raise typer.Exit(code)
 
 

@@ -32,7 +32,10 @@ def session_view(svc: Services, base: str, user_id: int, session_id: str) -> dic
         env = svc.predictions.envelope(base, job)
         out.append({"prediction": t.job_id, "parent": t.parent_job_id, "turn": t.turn, "branch": t.branch,
                     "status": job.status, "prompt": job.input.get("prompt"), "output": env["output"],
-                    "drift": None if t.drift is None else {"similarity": t.drift[0], "method": t.drift[1]}})
+                    # drift itself (0 = unchanged, 1 = nothing of the origin left) beside the similarity
+                    "drift": None if t.drift is None else {
+                        "value": None if t.drift[0] is None else round(min(1.0, max(0.0, 1.0 - t.drift[0])), 4),
+                        "similarity": t.drift[0], "method": t.drift[1]}})
     return {"id": view.id, "origin": f"file:{view.origin_key}",
             "origin_url": svc.predictions.file_url(base, view.origin_key), "turns": out}
 

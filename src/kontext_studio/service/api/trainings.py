@@ -40,7 +40,9 @@ async def create_training(request: Request, svc: Svc, me: User,
                           name: Annotated[str, Form(max_length=200)] = "lora",
                           config: Annotated[str, Form(description="JSON hyper-parameters")] = "{}",
                           skip_bad_pairs: Annotated[bool, Form()] = False,
-                          min_side: Annotated[int, Form()] = 256) -> dict[str, Any]:
+                          min_side: Annotated[int | None, Form(description="Shortest picture side in pixels "
+                                                               "(default: half the config's resolution)")]
+                          = None) -> dict[str, Any]:
     """Queue a training run on a dataset zip (ai-toolkit layout or manifest); 422 with the report when
     the dataset has problems."""
     with tempfile.TemporaryDirectory(prefix="kontext-upload-") as tmp:

@@ -53,7 +53,7 @@ class TrainingService:
         self.accounts = accounts
 
     def submit(self, user_id: int, name: str, config_text: str, zip_path: Path, skip_bad_pairs: bool,
-               min_side: int) -> str:
+               min_side: int | None) -> str:
         """Check the dataset and queue a run. Blocking: call it off the event loop.
 
         Raises:
@@ -64,7 +64,7 @@ class TrainingService:
         if self.unavailable:
             raise TrainingUnavailable(self.unavailable)
         from kontext_studio.training.config import TrainConfig
-        from kontext_studio.training.dataset import check_dataset
+        from kontext_studio.training.dataset import check_dataset, min_side_for
 
         try:
             raw = json.loads(config_text or "{}")
@@ -73,6 +73,8 @@ class TrainingService:
         if not isinstance(raw, dict):
             raise InvalidRequest("config: give a JSON object of hyper-parameters", field="config")
         config = TrainConfig.from_dict(raw)
+        if min_side is None:  # the shortest side follows the training resolution (half of it)
+            min_side = min_side_for(config.resolution)
         if not 16 <= min_side <= 4096:
             raise InvalidRequest(f"min_side must be between 16 and 4096; got {min_side}", field="min_side")
         with tempfile.TemporaryDirectory() as tmp:

@@ -798,7 +798,9 @@ async function loadSession() {
   for (const t of s.turns) {
     const btn = el("button", {type: "button", "aria-label": `Continue from turn ${t.turn}: ${t.prompt}`});
     if (t.output) btn.append(el("img", {src: t.output, alt: "", width: 64, height: 64}));
-    const drift = t.drift && t.drift.similarity !== null ? ` · drift ${t.drift.similarity.toFixed(2)}` : "";
+    // Drift grows as the chain moves away from the origin (0 = unchanged): never the similarity itself.
+    const drift = t.drift && t.drift.value !== null && t.drift.value !== undefined
+      ? ` · drift ${t.drift.value.toFixed(2)}` : "";
     btn.append(el("span", {text: `Turn ${t.turn}${t.branch ? " (branch)" : ""}${drift}`}));
     btn.disabled = !t.output;
     btn.addEventListener("click", () => selectTurn(t));
