@@ -120,7 +120,9 @@ def test_lone_surrogates_and_control_characters_are_refused(engine: Engine, acco
     client, uid = user_client(app_for(engine), accounts)
     text = json.dumps(body()).replace('"make it snowy"', f'"{prompt}"')
     r = raw_post(client, "/v1/predictions", text)
-    assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+    if "u001b" in prompt:  # passes the body guard (storable), refused by the prompt's own check
+        assert r.json()["field"] == "prompt"
     assert accounts.balance(uid).held == 0
     assert raw_post(client, "/v1/series", json.dumps({"input": body()["input"], "scenes": ["a"]})
                     .replace('"a"', f'"{prompt}"')).status_code == 422
@@ -408,3 +410,11 @@ def test_a_starting_backend_is_waited_for_and_a_failed_one_retried(engine: Engin
     assert editor.backend_state(dev)[0] == "ready" and len(attempts) == 2
     with pytest.raises(TierNotConfigured):
         Editor().backend_for(dev)
+
+
+@pytest.mark.parametrize("url", ["/v1/get_result?id=%00", "/v1/get_result?id=%ED%A0%80", "/v1/predictions/ab%00cd",
+                                 "/v1/predictions?q=%ED%A0%80"])
+def test_nul_and_encoded_surrogates_in_urls_are_422(engine: Engine, accounts: SqlAccounts, url: str) -> None:
+    client, _ = user_client(app_for(engine), accounts)
+    r = client.http.get(url, headers={**client.headers, "x-key": client.headers["Authorization"][7:]})
+    assert r.status_code == 422, r.text

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kontext_studio.core.engine import Editor
@@ -20,6 +21,7 @@ from kontext_studio.service.api.openapi import publish_complete_schema
 from kontext_studio.service.api.problems import (
     http_error_handler,
     kontext_error_handler,
+    storage_refused_handler,
     unexpected_error_handler,
     validation_error_handler,
 )
@@ -57,6 +59,8 @@ def build_app(services: Services) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(KontextError, kontext_error_handler)
+    app.add_exception_handler(DataError, storage_refused_handler)
+    app.add_exception_handler(UnicodeEncodeError, storage_refused_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_middleware(GuardMiddleware, max_json_body=services.options.max_json_body)
     for router in routers():

@@ -3,13 +3,17 @@
 - JSON bodies are capped before they are parsed: a declared ``Content-Length`` over the cap answers 413 at
   once, and a body sent without one is counted while it streams (413 as soon as it passes the cap).
   Uploads (``/v1/files``, multipart forms) have their own, larger caps where they are read.
+- Text no database can store is refused before any route sees it (422): NUL and lone UTF-16 surrogates,
+  whether escaped in a JSON body (``\\u0000``, ``\\ud800``) or percent-encoded in the path or query.
 - HTML pages carry a Content-Security-Policy, frame protection and a strict referrer policy.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +32,51 @@ PAGE_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
 ]
 STREAMED_UPLOADS = ("/v1/files",)
+
+
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+
+
+def bad_json_text(body: bytes) -> str | None:
+    """Why a JSON text holds text no database can store (an escaped NUL or lone surrogate), or None.
+
+    Escapes are read left to right as JSON reads them, so an escaped backslash followed by ``u0000`` is
+    plain text, not an escape."""
+    if b"\\u" not in body:
+        return None
+    pending_high = -1  # end offset of a high surrogate escape waiting for its low half
+    for m in _ESCAPE.finditer(body):
+        if m.group(1) is None:
+            if pending_high >= 0:
+                return "a lone UTF-16 surrogate (\\ud800-\\udbff without its pair)"
+            continue
+        code = int(m.group(1), 16)
+        if pending_high >= 0:
+            if not (0xDC00 <= code <= 0xDFFF and m.start() == pending_high):
+                return "a lone UTF-16 surrogate (\\ud800-\\udbff without its pair)"
+            pending_high = -1
+            continue
+        if code == 0:
+            return "a NUL character (\\u0000)"
+        if 0xD800 <= code <= 0xDBFF:
+            pending_high = m.end()
+        elif 0xDC00 <= code <= 0xDFFF:
+            return "a lone UTF-16 surrogate (\\udc00-\\udfff without its pair)"
+    return "a lone UTF-16 surrogate (\\ud800-\\udbff without its pair)" if pending_high >= 0 else None
+
+
+def bad_url_text(scope: Scope) -> str | None:
+    """Why the path or query holds NUL or bytes that are not UTF-8 (e.g. an encoded surrogate), or None."""
+    raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+    for part in (raw_path, scope.get("query_string") or b""):
+        data = unquote_to_bytes(part.replace(b"+", b" "))
+        if b"\x00" in data:
+            return "a NUL character"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes that are not UTF-8 text"
+    return None
 
 
 class BodyTooLarge(HTTPException):
@@ -61,6 +110,10 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        url_problem = bad_url_text(scope)
+        if url_problem is not None:
+            await self._refuse(send, 422, f"the URL holds {url_problem}; send plain UTF-8 text", "invalid_request")
+            return
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         capped = not ctype.startswith(b"multipart/") and not scope["path"].startswith(STREAMED_UPLOADS)
@@ -70,6 +123,18 @@ class GuardMiddleware:
                 await self._too_large(send)
                 return
             receive = self._counting(receive)
+            if ctype in (b"application/json", b"") and scope.get("method") in ("POST", "PUT", "PATCH", "DELETE"):
+                try:
+                    body = await self._read_all(receive)
+                except BodyTooLarge:
+                    await self._too_large(send)
+                    return
+                problem = bad_json_text(body)
+                if problem is not None:
+                    await self._refuse(send, 422, f"the body holds {problem}, which cannot be stored; send plain "
+                                                  "UTF-8 text", "invalid_request")
+                    return
+                receive = self._replay(body, receive)
         started = False
 
         async def send_with_headers(message: Message) -> None:
@@ -107,6 +172,37 @@ class GuardMiddleware:
             return message
 
         return counted
+
+    @staticmethod
+    async def _read_all(receive: Receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the disconnect, when it comes
+
+        return replay
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, detail: str, code: str) -> None:
+        start, body = _problem(status, detail, code)
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
 
     async def _too_large(self, send: Send) -> None:
         start, body = _problem(413, f"the request body is over {self.cap // 2**20} MB; send less (images: upload "

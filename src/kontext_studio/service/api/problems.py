@@ -68,6 +68,13 @@ async def kontext_error_handler(_request: Request, exc: Exception) -> JSONRespon
     return problem(status, type(exc).__name__, str(exc), code, **extra)
 
 
+async def storage_refused_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database refused to store (out of range, unencodable): the client's input, never a 500."""
+    logger.warning("database refused a value: %s", str(exc).splitlines()[0][:200])
+    return problem(422, "InvalidRequest", "a value in the request cannot be stored (out of range or not plain "
+                   "text); check the numbers and text you sent", "invalid_request")
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """A bug: logged with its traceback, answered as a problem that reveals nothing of the server."""
     logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
