@@ -196,3 +196,30 @@ def test_keyboard_only_main_flow(maker: Any, tiny_studio: TinyStudio) -> None:
     wait_done(page)
     expect(page.get_by_test_id("turn")).to_have_count(2)
     assert credits_agree(page, tiny_studio) == before - 2 * 5
+
+
+def test_tool_result_goes_into_the_canvas_and_is_edited(maker: Any, tiny_studio: TinyStudio,
+                                                        shot: Callable[[Any, str], Path]) -> None:
+    import httpx
+
+    if httpx.get(tiny_studio.url + "/v1/tools").status_code == 404:
+        pytest.skip("this server has no tools API")
+    page = maker
+    before = credits_agree(page, tiny_studio)
+    page.get_by_role("button", name="Use the sample photo: coffee").click()
+    expect(page.get_by_test_id("canvas-image")).to_be_visible()
+    tools = page.get_by_test_id("tools")
+    expect(tools).to_be_visible()
+    expect(tools.locator('[data-tool="denoise"]')).to_contain_text("free")
+    tools.locator('[data-tool="denoise"]').click()
+    expect(page.get_by_test_id("tool-status")).to_contain_text("done (free)", timeout=RESULT_TIMEOUT)
+    expect(page.get_by_test_id("canvas-image")).to_have_attribute("alt", re.compile("result, shown large"))
+    tool_output = page.get_by_test_id("canvas-image").get_attribute("src")
+    assert credits_agree(page, tiny_studio) == before  # free tools cost nothing
+    shot(page, "tiny-06-tool-result")
+
+    page.fill("#prompt", "make it look like a pencil drawing, keep the cup")
+    page.get_by_test_id("generate").click()
+    wait_done(page)
+    assert page.get_attribute("#before", "src") == tool_output  # the tool's result was the edit's input
+    assert credits_agree(page, tiny_studio) == before - 5

@@ -898,6 +898,88 @@ async function tryAnotherModel() {
   } catch (err) { showError($("#result-error"), `${$("#try-model").selectedOptions[0].textContent}: ${err.message}`); }
 }
 
+// ---- tools beside the canvas: free tools answer at once, AI tools are edits (priced like one) ------------
+const CANVAS_TOOL_CATEGORIES = ["cut-out", "enhance", "faces", "geometry"];
+
+function oneClick(tool) {
+  const needs = (tool.params || []).filter((p) => p.default === null && !p.auto);
+  return !needs.length && tool.mask !== "required" && (!tool.inputs || tool.inputs.min <= 1);
+}
+
+async function loadTools() {
+  const box = $("#tools");
+  if (!box) return;
+  let listing;
+  try { listing = await api("GET", "/v1/tools"); } catch (err) { return; }  // a server without tools: no panel
+  const list = $("#tool-list");
+  list.replaceChildren();
+  const paid = document.querySelector(".credits strong");
+  for (const t of (listing.free || []).filter((x) => CANVAS_TOOL_CATEGORIES.includes(x.category) && oneClick(x))) {
+    const btn = el("button", {type: "button", "data-tool": t.name, title: t.description,
+                              "aria-label": `${t.title} (free)${t.installed === false ? ": its model is not installed on this server" : ""}`},
+                   el("span", {text: t.title}), el("span", {class: "pill free", text: "free"}));
+    btn.disabled = t.installed === false;
+    btn.addEventListener("click", () => runFreeTool(t));
+    list.append(el("li", {}, btn));
+  }
+  for (const t of (listing.ai || []).filter(oneClick)) {
+    const price = (t.credits || {})[`flux-kontext-${selectedTier()}`];
+    const btn = el("button", {type: "button", "data-tool": t.name, title: t.description},
+                   el("span", {text: t.title}), el("span", {class: "pill", text: paid ? `${price ?? "?"} cr` : "free"}));
+    btn.addEventListener("click", () => runAiTool(t));
+    list.append(el("li", {}, btn));
+  }
+  box.hidden = !list.children.length;
+}
+
+// The picture in the canvas as one of your files: the shown result (uploaded again) or the first reference.
+async function canvasFile() {
+  if (studio.view === "result" && studio.current && studio.current.output) {
+    const blob = await (await fetch(studio.current.output, {credentials: "same-origin"})).blob();
+    const up = await api("POST", "/v1/files", blob, blob.type || "image/png");
+    return {id: up.id, parent: studio.current.id};
+  }
+  if (refs[0]) return {id: refs[0].file, parent: null};
+  return null;
+}
+
+async function runFreeTool(tool) {
+  const status = $("#tool-status");
+  const source = await canvasFile().catch(() => null);
+  if (!source) { status.textContent = "Add a photo first: tools work on the picture in the canvas."; return; }
+  status.textContent = `${tool.title}: working…`;
+  try {
+    const resp = await fetch(`/v1/tools/${tool.name}`, {
+      method: "POST", credentials: "same-origin",
+      headers: {"X-CSRF-Token": csrf(), "Content-Type": "application/json", "Accept": "application/json"},
+      body: JSON.stringify({images: [source.id], params: {}})});
+    const body = await resp.json();
+    if (!resp.ok) throw new ApiError(sentence(body.detail || body.title || `the server answered ${resp.status}`));
+    const out = body.output;
+    refs.splice(0, refs.length ? 1 : 0, {file: out.id, url: out.urls.get, name: `${tool.title} result`, role: "subject"});
+    studio.view = "image";
+    refsChanged();
+    showCanvas("image");
+    $("#job").hidden = true;
+    checkRef(refs[0]);
+    status.textContent = `${tool.title} done (free): the result is now reference 1; type an instruction to edit it.`;
+    $("#prompt").focus();
+  } catch (err) { status.textContent = `${tool.title}: ${err.message}`; }
+}
+
+async function runAiTool(tool) {
+  const status = $("#tool-status");
+  const source = await canvasFile().catch(() => null);
+  if (!source) { status.textContent = "Add a photo first: tools work on the picture in the canvas."; return; }
+  try {
+    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: `flux-kontext-${selectedTier()}`});
+    status.textContent = `${tool.title}: running as an edit (${pred.cost} credits).`;
+    studio.beforeUrl = studio.view === "result" && studio.current ? studio.current.output : (refs[0] || {}).url;
+    refreshCredits();
+    track([pred]);
+  } catch (err) { status.textContent = `${tool.title}: ${err.message}`; }
+}
+
 function setupStudio() {
   const form = $("#edit-form");
   if (!form) return;
@@ -945,6 +1027,7 @@ function setupStudio() {
   if (window.ResizeObserver) new ResizeObserver(() => fitCanvas()).observe($("#canvas"));
   updatePrice();
   listLoras();
+  loadTools();
   showCanvas("empty");
   const reuse = new URLSearchParams(location.search).get("reuse");
   if (reuse) reuseSettings(reuse);
