@@ -915,9 +915,12 @@ async function loadTools() {
   list.replaceChildren();
   const paid = document.querySelector(".credits strong");
   for (const t of (listing.free || []).filter((x) => CANVAS_TOOL_CATEGORIES.includes(x.category) && oneClick(x))) {
-    const btn = el("button", {type: "button", "data-tool": t.name, title: t.description,
-                              "aria-label": `${t.title} (free)${t.installed === false ? ": its model is not installed on this server" : ""}`},
+    const btn = el("button", {type: "button", "data-tool": t.name, title: t.description},
                    el("span", {text: t.title}), el("span", {class: "pill free", text: "free"}));
+    if (t.installed === false) {
+      btn.title = "Its model is not installed on this server.";
+      btn.append(el("span", {class: "visually-hidden", text: ": its model is not installed on this server"}));
+    }
     btn.disabled = t.installed === false;
     btn.addEventListener("click", () => runFreeTool(t));
     list.append(el("li", {}, btn));
