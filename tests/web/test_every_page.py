@@ -31,7 +31,8 @@ def finished_prediction(studio: Studio, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(params=["desktop", "phone"])
 def sized(request: pytest.FixtureRequest, browser: Any) -> Iterator[tuple[str, Any]]:
     viewport = DESKTOP if request.param == "desktop" else PHONE
-    context = browser.new_context(viewport=viewport, device_scale_factor=1, accept_downloads=True)
+    # bypass_csp: axe-core is injected as an inline script, which the pages' CSP (rightly) refuses.
+    context = browser.new_context(viewport=viewport, device_scale_factor=1, accept_downloads=True, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors: list[str] = []
@@ -87,7 +88,7 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
 def test_sign_in_page_and_signed_out_pages(browser: Any, studio: Studio, axe_source: str,
                                            shot: Callable[[Any, str], Path]) -> None:
     for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-        context = browser.new_context(viewport=viewport)
+        context = browser.new_context(viewport=viewport, bypass_csp=True)
         page = context.new_page()
         page.goto(studio.url + "/sign-in")
         expect(page.get_by_label("API key")).to_be_visible()
