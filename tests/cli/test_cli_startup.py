@@ -150,3 +150,19 @@ def test_library_notices_go_to_the_log_not_the_terminal(tmp_path: Path) -> None:
     log = (tmp_path / "logs" / "kontext.log").read_text()
     for notice in ("register_constant", "Failed to load", "requires torchvision", "gemm_4bit_forward"):
         assert notice in log
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["tool", "relight", "{photo}", "-o", "{out}.gif"], "cannot write .gif; use one of .png, .jpg, .jpeg, .webp"),
+    (["tool", "relight", "{missing}", "-o", "{out}.png"], "file not found"),
+    (["tool", "relight", "{photo}", "-o", "{out}.png", "--tier", "ultra"], "tier must be one of"),
+    (["pixel-lock", "{photo}", "{photo}", "-o", "{out}.gif"], "cannot write .gif"),
+])
+def test_ai_tools_check_their_inputs_before_torch_loads(inputs: dict[str, Path], args: list[str],
+                                                        message: str) -> None:
+    values = {"photo": inputs["photo"], "missing": inputs["photo"].with_name("nope.jpg"),
+              "out": inputs["out"].with_suffix("")}
+    r = probe(*[a.format(**values) for a in args], env={"KONTEXT_HOME": str(inputs["home"])})
+    assert r["code"] == 2, r
+    assert message in " ".join(str(r["stderr"]).split())
+    assert r["heavy"] == [], f"{args} imported {r['heavy']} before answering"

@@ -141,7 +141,7 @@ def pixel_lock_cmd(
     from kontext_studio.core.images import load_reference
     from kontext_studio.core.types import Reference
 
-    fmt = output_format_for(output, None)
+    fmt = output_format_for(output, None, format_flag=False)
     a, b = load_reference(Reference(original), 0), load_reference(Reference(edited), 1)
     m = load_reference(Reference(mask), 2).image.convert("L") if mask else None
     with loading("loading the alignment tools"):

@@ -49,8 +49,9 @@ TIER_NAMES = ", ".join(TIERS)
 HOSTED_TIERS = frozenset(name for name, spec in TIERS.items() if not spec.local)
 
 
-def output_format_for(output: Path, given: str | None) -> str:
-    """The output format: ``--format`` if given, else the one ``-o``'s extension names.
+def output_format_for(output: Path, given: str | None, format_flag: bool = True) -> str:
+    """The output format: ``--format`` if given, else the one ``-o``'s extension names (``format_flag``: the
+    command has a ``--format`` option to suggest).
 
     Raises:
         InvalidRequest: the extension is not one the editor writes (and no ``--format`` overrides it).
@@ -63,7 +64,7 @@ def output_format_for(output: Path, given: str | None) -> str:
     if fmt is None:
         raise InvalidRequest(
             f"-o {output}: cannot write {output.suffix or 'a file without an extension'}; use one of "
-            f"{', '.join(supported_suffixes())} (or pass --format)", field="output")
+            f"{', '.join(supported_suffixes())}" + (" (or pass --format)" if format_flag else ""), field="output")
     return fmt.value
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kontext_studio.cli.output import err, escape, handles_errors, out, print_json, status_line
+from kontext_studio.cli.output import err, escape, handles_errors, out, print_json
 from kontext_studio.core.errors import InvalidRequest
 
 
@@ -188,28 +188,28 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
 
 def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None, tier: str, model: str | None,
             seed: int | None, steps: int | None, as_json: bool) -> None:
-    from kontext_studio.bootstrap import build_editor, with_overrides
+    from kontext_studio.cli.common import settings_for
+    from kontext_studio.cli.edit import output_format_for, prepare_engine, report
     from kontext_studio.cli.output import progress_bars
-    from kontext_studio.core.recipe import format_for_path
+    from kontext_studio.core.preflight import preflight
     from kontext_studio.core.types import EditRequest, Reference
-    from kontext_studio.settings import Settings
 
     if output is None:
         raise InvalidRequest(f"name the output file: kontext tool {ai.name} photo.jpg -o out.png", field="output")
     instruction = ai.build(raw)
     request = EditRequest(references=[Reference(p) for p in inputs], instruction=instruction, tier=tier, seed=seed,
-                          steps=steps, output_format=format_for_path(output).value)
-    request.validate()
-    editor = build_editor(with_overrides(Settings.from_env(), model=model), on_status=status_line)
+                          steps=steps, output_format=output_format_for(output, None, format_flag=False))
+    # Like ``kontext edit``: files, tier, seed and the weights are checked before torch loads.
+    checked = preflight(request)
+    editor = prepare_engine(settings_for(model, None, None, None), checked.tier)
     with progress_bars(not as_json) as on_progress:
         result = editor.edit(request, on_progress=on_progress)
     path = result.save(output)
     if as_json:
         print_json({"tool": ai.name, "output": str(path), "instruction": instruction, **result.summary()})
         return
-    out.print(f"[green]saved[/] {escape(str(path))}  (seed {result.seed}, {result.timings['total']:.2f} s)",
-              highlight=False)
     out.print(escape(f"instruction: {instruction}"), highlight=False)
+    report(result, path, False)
 
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
