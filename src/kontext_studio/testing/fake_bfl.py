@@ -10,6 +10,9 @@ answers) and tinted by the seed, so a test can tell what was sent and check the 
 A ``Scenario`` scripts what goes wrong: 429s with ``Retry-After``, 5xx, dropped connections (the socket is
 closed without an answer), slow tasks, moderation, expired samples, a lost submission answer. Everything
 received is recorded (``submissions``, ``polls``, ``downloads``) so a test can count what was charged.
+
+``FakeBflUpstream`` is the same fake without the socket: its ``transport()`` answers in-process, for a
+``BflApiBackend`` given an injected httpx transport.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -73,26 +77,31 @@ class FakeTask:
     ready_at: float | None = None
 
 
-class FakeBflServer:
-    """The fake BFL API on a free port of 127.0.0.1. Use as a context manager.
+class FakeBflUpstream:
+    """The fake BFL API's behaviour and records, without a socket: answer it in-process through
+    ``transport()`` (an ``httpx.MockTransport`` to inject into ``BflApiBackend``), or on a real port through
+    ``FakeBflServer``. Either way the same protocol, scenario and records.
 
     Args:
         api_key: the only key accepted (anything else gets 401).
         scenario: what goes wrong (default: nothing; one ``Pending`` poll, then ``Ready``).
         credits: BFL credits on the account; a submission that would overdraw it gets 402.
+        url: the base URL the polling and sample URLs are built on (no request ever leaves the process).
 
     Attributes:
-        url: the base URL (``http://127.0.0.1:PORT``).
+        url: the base URL.
         submissions: bodies of the accepted submissions (what would be charged).
         submit_attempts: every submission received, accepted or not, with its time.
         polls: (task id, time) of every poll received.
         downloads: (task id, HTTP status) of every sample download.
     """
 
-    def __init__(self, api_key: str = "fake-bfl-key", scenario: Scenario | None = None, credits: float = 1000.0):
+    def __init__(self, api_key: str = "fake-bfl-key", scenario: Scenario | None = None, credits: float = 1000.0,
+                 url: str = "https://api.bfl.test"):
         self.api_key = api_key
         self.scenario = scenario or Scenario()
         self.credits = credits
+        self.url = url.rstrip("/")
         self.tasks: dict[str, FakeTask] = {}
         self.submissions: list[dict[str, Any]] = []
         self.submit_attempts: list[tuple[float, int]] = []
@@ -100,21 +109,41 @@ class FakeBflServer:
         self.downloads: list[tuple[str, int]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> FakeBflServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-bfl", daemon=True)
-        self._thread.start()
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        return None
+
+    def transport(self) -> httpx.MockTransport:
+        """An httpx transport that answers every request in this process, as the fake server would.
+
+        A scripted drop (a lost answer) raises ``httpx.RemoteProtocolError``, as a closed socket does.
+
+        Returns:
+            The transport, for ``BflApiBackend(..., transport=...)`` or ``httpx.Client(transport=...)``.
+        """
+        return httpx.MockTransport(self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        key = request.headers.get("x-key")
+        if request.method == "POST":
+            endpoint = path.removeprefix("/v1/") if path.startswith("/v1/") else path
+            answer = self.submit(endpoint, key, request.read())
+        elif path == "/v1/get_result":
+            answer = self.poll(request.url.params.get("id", ""), key)
+        elif path.startswith("/results/"):
+            code, kind, data = self.sample(path.split("/")[2])
+            return httpx.Response(code, headers={"Content-Type": kind}, content=data)
+        else:
+            answer = (404, {}, {"detail": "Not Found"})
+        status, headers, body = answer
+        if status == 0:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(status, headers=headers, json=body)
+
 
     # -- behaviour --------------------------------------------------------------------------------------
     def submit(self, endpoint: str, key: str | None, raw: bytes) -> tuple[int, dict[str, str], Any]:
@@ -202,6 +231,36 @@ class FakeBflServer:
         return code, kind, data
 
 
+class FakeBflServer(FakeBflUpstream):
+    """The fake BFL API on a free port of 127.0.0.1. Use as a context manager.
+
+    Args:
+        api_key: the only key accepted (anything else gets 401).
+        scenario: what goes wrong (default: nothing; one ``Pending`` poll, then ``Ready``).
+        credits: BFL credits on the account; a submission that would overdraw it gets 402.
+
+    Attributes:
+        url: the base URL (``http://127.0.0.1:PORT``); the records are ``FakeBflUpstream``'s.
+    """
+
+    def __init__(self, api_key: str = "fake-bfl-key", scenario: Scenario | None = None, credits: float = 1000.0):
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        super().__init__(api_key, scenario, credits, url=f"http://127.0.0.1:{self._httpd.server_address[1]}")
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-bfl", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
 def _check_body(body: Any) -> str | None:
     """BFL's validation of the documented fields (422 with a detail, like BFL)."""
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
@@ -245,7 +304,7 @@ def render(body: dict[str, Any], scale: float = 1.0) -> Image.Image:
     return Image.fromarray(np.clip(pixels + tint, 0, 255).astype(np.uint8), "RGB")
 
 
-def _handler(server: FakeBflServer) -> type[BaseHTTPRequestHandler]:
+def _handler(server: FakeBflUpstream) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 

@@ -322,19 +322,22 @@ class BflApiBackend(EditBackend):
         config: key, base URL, timeouts and retry bounds.
         sleep: how to wait (tests record the waits instead of sleeping).
         clock: monotonic seconds (for the task deadline).
+        transport: the httpx transport every request goes through (None: httpx's own network transport);
+            tests pass an ``httpx.MockTransport`` to script BFL's answers without a server.
     """
 
     name = "bfl_api"
     separate_references = True
 
     def __init__(self, config: BflConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, transport: httpx.BaseTransport | None = None):
         if not config.api_key:
             raise TierNotConfigured("the BFL API needs a key: set BFL_API_KEY (from https://api.bfl.ai)")
         self.config = config
         self.base_url = config.base_url.rstrip("/")
         self._sleep = sleep
         self._clock = clock
+        self._transport = transport
 
     @property
     def resolution(self) -> int:
@@ -404,7 +407,8 @@ class BflApiBackend(EditBackend):
                 ``aspect_ratio``, ``output_format``, ``safety_tolerance``, ``prompt_upsampling`` and
                 ``remote_tasks`` are used.
             on_step: called after every poll with (percent done, 100); BFL's ``progress`` when it sends one.
-            cancel: polled before each poll; True stops waiting (BFL has no cancel: the task still runs).
+            cancel: polled before the submission (True then: nothing is sent) and before each poll; True
+                stops waiting (BFL has no cancel: the task still runs).
 
         Returns:
             The image as BFL returned it (BFL picks the size; the engine's geometry lock restores the
@@ -421,8 +425,10 @@ class BflApiBackend(EditBackend):
         key = request_key(endpoint, body)
         timings["encode"] = time.perf_counter() - t
         log = plan.remote_tasks
+        if cancel is not None and cancel():  # a job canceled while queued must cost nothing upstream
+            raise Canceled("canceled before the request was sent to BFL (nothing was charged)")
         with httpx.Client(timeout=httpx.Timeout(self.config.request_timeout, connect=10.0),
-                          follow_redirects=False) as client:
+                          follow_redirects=False, transport=self._transport) as client:
             t = time.perf_counter()
             entry = log.reserve(key) if log is not None else None
             if entry is None:
