@@ -117,3 +117,13 @@ def test_train_check_and_run_follow_the_training_resolution(tmp_path: Path) -> N
                                    "--model", tmp_path / "no-model", "--steps", "1")
     assert "too_small" not in stdout + stderr and "below" not in stdout + stderr
     assert code == 3, stdout + stderr  # past the dataset check: only the missing model stops it
+
+
+def test_exporting_a_missing_or_broken_adapter_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    code, _, stderr = kontext("train-lora", "export", tmp_path / "nope.safetensors", "-o", tmp_path / "k.safetensors")
+    assert code == 2 and "export: file not found" in stderr and "Traceback" not in stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not an adapter")
+    code, _, stderr = kontext("train-lora", "export", bad, "-o", tmp_path / "k.safetensors")
+    assert code == 2 and "is not a readable .safetensors adapter" in " ".join(stderr.split())
+    assert not (tmp_path / "k.safetensors").exists()

@@ -226,6 +226,8 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the kohya / ComfyUI key layout of a trained adapter."""
+    if not lora.is_file():  # before torch loads
+        raise InvalidRequest(f"export: file not found: {lora}", field="lora")
     from kontext_studio.training.export import export_kohya
 
     path = export_kohya(lora, output)

@@ -131,13 +131,18 @@ def export_kohya(diffusers_file: str | Path, out_file: str | Path) -> Path:
         ``out_file``; its metadata keeps the training recipe.
 
     Raises:
-        LoraError: a key or module that has no kohya counterpart.
+        LoraError: the file is missing or unreadable, or a key or module has no kohya counterpart.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     src, dst = Path(diffusers_file), Path(out_file)
-    deltas, scale = _deltas(src)
+    if not src.is_file():
+        raise LoraError(f"export: file not found: {src}", field="lora")
+    try:
+        deltas, scale = _deltas(src)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise LoraError(f"export: {src} is not a readable .safetensors adapter ({exc})", field="lora") from None
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
     keep = {k: v for k, v in meta.items() if k == "kontext_studio"}
