@@ -255,7 +255,9 @@ class JobStore:
             JobNotFound: no such job for this user.
         """
         with self.sessions.begin() as s:
-            job = s.get(Job, job_id)
+            # Locked: a worker's success committing between this read and the write below would otherwise be
+            # overwritten (a captured, finished job marked canceled). With the lock, the read sees it.
+            job = s.get(Job, job_id, with_for_update=True)
             if job is None or job.user_id != user_id:
                 raise JobNotFound(f"no prediction {job_id}")
             if job.status in (JobStatus.STARTING, JobStatus.PROCESSING):
