@@ -261,10 +261,7 @@ def test_consistency_score_formula() -> None:
 def test_no_face_in_reference_falls_back_to_features(coffee: Image.Image) -> None:
     same = compare_identity(coffee, OBJECT_EDITS["all at once"](coffee))
     assert same.measured is False and same.method == "features"
-    assert same.reason == (
-        "no face found in the reference, identity is not measured; "
-        "the product/object consistency score is reported instead"
-    )
+    assert same.reason == "no face in the reference, so the object's details are compared instead"
     assert same.consistency is not None and same.consistency.consistent is True
     assert same.similarity == same.consistency.score and same.similarity > 0.9
     assert same.same_person is None and same.distance is None
@@ -277,7 +274,7 @@ def test_blank_reference_is_not_measured_by_features_either() -> None:
     report = compare_identity(Image.new("RGB", (128, 128), (200, 10, 10)), Image.new("RGB", (128, 128)))
     assert report.measured is False and report.method == "features"
     assert report.consistency is not None and report.consistency.measured is False
-    assert report.reason is not None and "keypoints" in report.reason
+    assert report.reason is not None and "too plain to compare" in report.reason
 
 
 # ----------------------------------------------------------------------------------------- ONNX scorer

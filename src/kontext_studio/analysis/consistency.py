@@ -190,7 +190,7 @@ def compare_features(reference: Image.Image, output: Image.Image) -> Consistency
     if ref_desc is None or len(ref_kp) < 8:
         return ConsistencyReport(
             measured=False,
-            reason=f"the reference has only {len(ref_kp)} keypoints (flat or blank picture): nothing to compare",
+            reason=f"the reference is too plain to compare (almost no detail: {len(ref_kp)} distinct points)",
             method="sift-ransac",
             score=0.0,
             consistent=None,

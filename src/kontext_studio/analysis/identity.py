@@ -663,12 +663,9 @@ def compare_identity(reference: Image.Image, output: Image.Image, scorer: FaceEm
     ref_faces, ref_vectors = _analyse(ref_rgb, 1, embedder)
     if not ref_faces:
         consistency = compare_features(reference, output)
-        fallback_reason = (
-            "no face found in the reference, identity is not measured; "
-            "the product/object consistency score is reported instead"
-        )
+        fallback_reason = "no face in the reference, so the object's details are compared instead"
         if not consistency.measured:
-            fallback_reason += f" (but it could not be computed either: {consistency.reason})"
+            fallback_reason = f"no face in the reference, and {consistency.reason}"
         return _not_measured(
             fallback_reason,
             "features",
