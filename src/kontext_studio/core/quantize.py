@@ -28,6 +28,9 @@ from kontext_studio.core.errors import KontextError
 if TYPE_CHECKING:
     import torch
 
+# Layers fp8 storage leaves in their precision: input and output projections, embedders, the final norm.
+FP8_SKIP = ("pos_embed", "patch_embed", "^proj_in$", "^proj_out$", "^norm_out", "embedder", "^img_in", "^txt_in",
+            "time_text_embed", "time_guidance_embed", "^time_embed")
 QK_K = 256
 QK = 32
 # The transformer classes of the local families, and the architecture name their GGUF files carry.
@@ -477,14 +480,15 @@ def apply_precision(module: Any, precision: str) -> str:
     if getattr(module, "_kontext_precision", None) == precision:
         return f"{precision} (already applied)"
     if precision == "fp8":
-        compute = next(module.parameters()).dtype
-        if hasattr(module, "enable_layerwise_casting"):
-            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
-        else:
-            from diffusers.hooks import apply_layerwise_casting
+        from diffusers.hooks import apply_layerwise_casting
 
-            apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
-                                    skip_modules_pattern=("norm", "embed", "shared"))
+        compute = next(module.parameters()).dtype
+        # Unlike diffusers' defaults for its models, the adaptive-norm modulation linears are stored in fp8
+        # too (the community's fp8 checkpoints store them so): they are a sixth of a FLUX transformer.
+        keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+        skip = FP8_SKIP + keep if hasattr(module, "_skip_layerwise_casting_patterns") else ("norm", "embed", "shared")
+        apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
+                                skip_modules_pattern=skip)
         module._kontext_precision = precision
         return "fp8 e4m3 weights, upcast per layer"
     if precision == "int8":
