@@ -74,6 +74,8 @@ def test_sample_photo_to_result_variations_and_model_switch(maker: Any, tiny_stu
     page.wait_for_function("Array.from(document.querySelectorAll('#variations img')).every(i => i.naturalWidth > 0)")
     shot(page, "tiny-02-variations")
     assert credits_agree(page, tiny_studio) == after_first - 4 * 4
+    newest = tiny_studio.api("GET", "/v1/predictions?limit=1")["results"][0]  # one prediction, num_outputs 4
+    assert newest["input"]["num_outputs"] == 4 and len(newest["output"]) == 4 and newest["cost"] == 16
     third = tiles.nth(2).inner_text()
     tiles.nth(2).get_by_role("button").click()
     expect(page.get_by_test_id("compare")).to_be_visible()

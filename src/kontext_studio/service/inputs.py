@@ -26,7 +26,8 @@ from kontext_studio.service.training.loras import lora_specs
 IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format", "safety_tolerance",
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
-                "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras"}
+                "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras", "num_outputs"}
+MAX_OUTPUTS = 4
 FILE_PREFIX = "file:"
 UPLOADS = "uploads/"
 MAX_IMAGE_BYTES = 20 * 2**20
@@ -131,8 +132,31 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         body["lock_mask"] = _decode_image(body["lock_mask"], "lock_mask", storage, owns_file, fetch_url, on_stored)
         _check_mask_size(body["lock_mask"], body["images"][0], storage)
     lora_specs(body.get("loras"), storage, check_only=True, owns=owns_file)  # another user's LoRA is unknown
+    num_outputs(body, tier)
     to_request(body, tier, storage, check_only=True).validate()
     return body
+
+
+def num_outputs(body: dict[str, Any], tier: str | None = None) -> int:
+    """How many pictures one prediction makes (``num_outputs``, 1-4; each is charged).
+
+    Args:
+        body: the input (raw or stored).
+        tier: when given, hosted tiers are held to one output per run.
+
+    Raises:
+        InvalidRequest: not a whole number from 1 to 4, or more than one on a hosted tier.
+    """
+    raw = body.get("num_outputs", 1)
+    if raw is None:
+        return 1
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_OUTPUTS:
+        raise InvalidRequest(f"num_outputs must be a whole number from 1 to {MAX_OUTPUTS}; got {raw!r}",
+                             field="num_outputs")
+    if raw > 1 and tier is not None and not get_tier(tier).local:
+        raise InvalidRequest(f"num_outputs: the hosted model {tier} makes one picture per run; send 1, or ask a local "
+                             "model for variations", field="num_outputs")
+    return int(raw)
 
 
 def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bool = False) -> EditRequest:

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from kontext_studio.service.accounts.accounts_sql import SqlAccounts
+from kontext_studio.service.accounts.accounts_base import AccountsBase
 from kontext_studio.service.api.library import day_totals, usage_rows
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.library import SqlLibrary
@@ -24,7 +24,7 @@ LEDGER_ROWS = 200
 
 
 def mount_pages(app: FastAPI, *, templates: Jinja2Templates, render: Callable[..., Response],
-                signed_in: Callable[[Request], Any], accounts: SqlAccounts, jobs: JobStore,
+                signed_in: Callable[[Request], Any], accounts: AccountsBase, jobs: JobStore,
                 file_url_for: Callable[[Request, str], str]) -> None:
     """Add /library, /account, /settings (administrators) and /s/<token> to ``app``.
 

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from kontext_studio.core.engine import Editor
-from kontext_studio.core.errors import InvalidRequest, KontextError
+from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, JobStatus, utcnow
 from kontext_studio.service.db.models import WEBHOOK_EVENTS
-from kontext_studio.service.inputs import IMAGE_FIELDS, normalize_input, upload_sha256
+from kontext_studio.service.inputs import IMAGE_FIELDS, normalize_input, num_outputs, upload_sha256
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked
@@ -166,7 +166,8 @@ class PredictionService:
                                      owns_file=lambda key: self.files.owns(user.id, key),
                                      fetch_url=policy.image_urls,  # inline images become the submitter's files
                                      on_stored=lambda key, kind, size: self.own_upload(user.id, key, kind, size))
-        price = 0 if policy.free else spec.price_credits
+        # Each output is a picture made and charged: num_outputs 3 holds (and captures) three times the price.
+        price = 0 if policy.free else spec.price_credits * num_outputs(normalized, tier)
         new_id, created = self.jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
                                            webhook=body.webhook, events=body.webhook_events_filter,
                                            idempotency_key=idempotency_key, deadline=deadline, job_id=job_id)
@@ -271,7 +272,10 @@ class PredictionService:
         return {
             "id": job.id, "model": job.model, "version": "local", "status": job.status,
             # printable(): text stored before the boundary refused lone surrogates still lists.
-            "input": printable(dict(job.input)), "output": self.file_url(base, files[0]) if files else None,
+            # One picture: its URL; several (num_outputs): a list, as Replicate answers multi-output models.
+            "input": printable(dict(job.input)),
+            "output": ([self.file_url(base, f) for f in files] if len(files) > 1 else
+                       self.file_url(base, files[0]) if files else None),
             "error": printable(job.error), "error_code": job.error_code, "logs": printable(job.logs or ""),
             "metrics": metrics,
             "progress": job.progress,
@@ -280,7 +284,8 @@ class PredictionService:
             "completed_at": job.completed_at and job.completed_at.isoformat(),
             "urls": {"get": f"{base}/v1/predictions/{job.id}", "cancel": f"{base}/v1/predictions/{job.id}/cancel",
                      "stream": f"{base}/v1/predictions/{job.id}/stream"},
-            "result": printable({k: out.get(k) for k in ("seed", "warnings", "identity", "pixel_lock", "recipe")})
+            "result": printable({k: out.get(k) for k in ("seed", "warnings", "identity", "pixel_lock", "recipe",
+                                                         "outputs") if k != "outputs" or out.get(k)})
             if out else None,
         }
 

@@ -7,17 +7,20 @@ steps, and a job canceled through the API stops at the next step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import Canceled, KontextError
 from kontext_studio.core.registry import get_tier
+from kontext_studio.core.types import EditResult
 from kontext_studio.service.background import PollingLoop
-from kontext_studio.service.inputs import to_request
+from kontext_studio.service.inputs import num_outputs, to_request
 from kontext_studio.service.jobs.jobs_common import StaleAttempt
 from kontext_studio.service.jobs.jobs_sql import Claim, JobRemoteTasks, JobStore
 from kontext_studio.service.storage.storage_base import Storage
@@ -86,28 +89,57 @@ class InProcessWorker(PollingLoop):
             if not self.store.progress(claim, frac):
                 canceled.set()
 
+        keys: list[str] = []
         try:
             request = to_request(claim.input, claim.tier, self.storage)
-            # Hosted tiers note their BFL task on the job, so a retried attempt resumes it, never re-sends.
-            result = self.editor.edit(request, on_progress=on_progress, cancel=canceled.is_set,
-                                      remote_tasks=JobRemoteTasks(self.store, claim))
-            suffix = {"jpeg": ".jpg", "webp": ".webp"}.get(result.output_format.value, ".png")
-            with tempfile.TemporaryDirectory() as tmp:
-                path = result.save(Path(tmp) / f"out{suffix}")
-                key = f"outputs/{claim.job_id}/{claim.attempt}{suffix}"
-                self.storage.put(key, path.read_bytes())
-            output: dict[str, Any] = {"files": [key], **result.summary()}
+            count = num_outputs(claim.input)
+            results: list[EditResult] = []
+            for i in range(count):  # num_outputs: the same recipe, seeds seed, seed+1, ...
+                step = self._scaled(on_progress, i, count)
+                if i:
+                    request = dataclasses.replace(request, seed=results[0].seed + i)
+                # Hosted tiers note their BFL task on the job, so a retried attempt resumes it, never re-sends.
+                result = self.editor.edit(request, on_progress=step, cancel=canceled.is_set,
+                                          remote_tasks=JobRemoteTasks(self.store, claim))
+                suffix = {"jpeg": ".jpg", "webp": ".webp"}.get(result.output_format.value, ".png")
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = result.save(Path(tmp) / f"out{suffix}")
+                    key = f"outputs/{claim.job_id}/{claim.attempt}{f'-{i + 1}' if i else ''}{suffix}"
+                    self.storage.put(key, path.read_bytes())
+                keys.append(key)
+                results.append(result)
+            output: dict[str, Any] = {"files": keys, **results[0].summary()}
+            if count > 1:
+                output["outputs"] = [{"seed": r.seed, "identity": r.identity, "warnings": list(r.warnings)}
+                                     for r in results]
             try:
                 self.store.succeed(claim, output)
             except StaleAttempt:
-                self.storage.delete(key)  # canceled or reaped meanwhile: this attempt's output is void
+                for key in keys:
+                    self.storage.delete(key)  # canceled or reaped meanwhile: this attempt's output is void
         except Canceled:
             logger.info("prediction %s canceled", claim.job_id)
+            for key in keys:
+                self.storage.delete(key)  # the outputs made before the cancel are void too
         except KontextError as exc:
             self._fail(claim, str(exc), exc.code)
         except Exception as exc:
             logger.exception("prediction %s crashed", claim.job_id)
             self._fail(claim, f"internal error: {exc.__class__.__name__}", "internal_error")
+
+    @staticmethod
+    def _scaled(on_progress: Callable[[str, int, int], None], index: int,
+                count: int) -> Callable[[str, int, int], None]:
+        """Progress of output ``index`` of ``count`` as a share of the whole job."""
+        if count == 1:
+            return on_progress
+
+        def step(phase: str, done: int, total: int) -> None:
+            if phase == "done" or total <= 0:
+                return
+            on_progress(phase, index * total + done, count * total)
+
+        return step
 
     def _fail(self, claim: Claim, message: str, code: str | None = None) -> None:
         with contextlib.suppress(StaleAttempt):  # canceled or reaped meanwhile: nothing to record

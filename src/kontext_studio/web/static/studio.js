@@ -508,24 +508,20 @@ function formProblem(input) {
   return null;
 }
 
-// Submit one run of `n` outputs: each output is its own prediction (charged and recorded on its own); with a
-// fixed seed the variations take seed, seed+1, ... so each is reproducible.
+// Submit one run of `n` outputs: one prediction with num_outputs (each output charged; with a fixed seed the
+// variations take seed, seed+1, ... so each is reproducible).
 async function submitEdit(input, tier, n = 1) {
   showError($("#form-error"), "");
   showError($("#result-error"), "");
   const problem = formProblem(input);
   if (problem) { showError($("#form-error"), problem); return; }
   const made = [];
-  for (let i = 0; i < n; i += 1) {
-    const one = {...input};
-    if (n > 1 && input.seed !== undefined) one.seed = input.seed + i;
-    try {
-      made.push(await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input: one}));
-    } catch (err) {
-      showError($("#form-error"), made.length ? `${made.length} of ${n} started; the rest were refused: ${err.message}`
-        : err.message);
-      break;
-    }
+  const one = n > 1 ? {...input, num_outputs: n} : input;
+  try {
+    made.push(await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input: one}));
+  } catch (err) {
+    showError($("#form-error"), err.message);
+    return;
   }
   if (!made.length) return;
   studio.lastInput = {input, tier};
@@ -559,7 +555,8 @@ function track(preds) {
   $("#cancel").hidden = false;
   $("#progress").hidden = false;
   $("#progress").value = 0;
-  setStatus(preds.length > 1 ? `Queued ${preds.length} variations…` : "Queued…");
+  const asked = (preds[0].input || {}).num_outputs || preds.length;
+  setStatus(asked > 1 ? `Queued ${asked} variations…` : "Queued…");
   if (preds.length === 1) { watchOne(studio.batch[0]); return; }
   const poll = async () => {
     for (const p of studio.batch) {
@@ -633,8 +630,18 @@ function batchFinished() {
     setStatus(failureText(studio.batch[0]));
     return;
   }
-  if (studio.batch.length === 1) {
-    const pred = studio.batch[0];
+  const only = studio.batch.length === 1 ? studio.batch[0] : null;
+  if (only && Array.isArray(only.output)) {
+    // One prediction with several outputs: each becomes a variation to choose from.
+    const outs = (only.result || {}).outputs || [];
+    studio.batch = only.output.map((url, i) => ({...only, output: url,
+      result: {...only.result, ...(outs[i] || {})}}));
+    studio.batch.done = true;
+    setStatus(`Done: ${studio.batch.length} variations · ${only.cost} credits. Choose one to continue.`);
+    showGrid();
+    $("#job").hidden = true;
+  } else if (only) {
+    const pred = only;
     setStatus(`Done in ${((pred.metrics || {}).predict_time || 0).toFixed(1)} s · ${pred.cost} credits.`);
     showResult(pred);
     $("#job").hidden = true;  // the result bar says it all; the picture stays clear
@@ -705,7 +712,9 @@ function showResult(pred) {
   badge.title = words.title;
   badge.setAttribute("aria-label", `${words.text}: ${words.title}`);
   $("#lock-info").textContent = lockText(result, recipe);
-  $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model} · ${pred.cost} credits`;
+  const many = (pred.input || {}).num_outputs || 1;
+  $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model} · ${pred.cost} credits`
+    + (many > 1 ? ` for ${many} variations` : "");
   const warnings = $("#warnings");
   const notes = $("#notes");
   warnings.replaceChildren();
@@ -890,7 +899,17 @@ async function tryAnotherModel() {
   const tier = $("#try-model").value;
   showError($("#result-error"), "");
   try {
-    const pred = await api("POST", `/v1/predictions/${studio.current.id}/promote`, {tier});
+    const cur = studio.current;
+    let pred;
+    if (((cur.input || {}).num_outputs || 1) > 1) {
+      // One of several variations: the same recipe with this variation's seed, one output.
+      const r = await api("GET", `/v1/predictions/${cur.id}/recipe`);
+      const input = {...r.input, seed: cur.result.seed};
+      delete input.num_outputs;
+      pred = await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input});
+    } else {
+      pred = await api("POST", `/v1/predictions/${cur.id}/promote`, {tier});
+    }
     const card = $(`input[name="tier"][value="${tier}"]`);
     if (card) { card.checked = true; updatePrice(); }
     refreshCredits();
