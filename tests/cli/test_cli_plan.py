@@ -44,3 +44,9 @@ def test_doctor_shows_the_plan_for_this_machine() -> None:
     code, stdout, _ = kontext("doctor", "--json")
     assert code == 0
     assert "Kontext" in json.loads(stdout)["plan"]
+
+
+def test_models_shows_the_plan_for_this_machine() -> None:
+    code, stdout, _ = kontext("models", "--json")
+    assert code == 0
+    assert "FLUX.1 Kontext [dev]" in json.loads(stdout)["plan"]

@@ -33,8 +33,11 @@ def models(model: ModelOpt = None, base: BaseOpt = None, as_json: JsonOpt = Fals
         rows.append({"tier": t.name, "title": t.title, "credits": t.price_credits, "steps": t.steps,
                      "guidance": t.guidance, "max_references": t.max_references, "backend": t.backend,
                      "status": state, "description": t.description, "trades": t.trades})
+    from kontext_studio.cli.plan import machine_plan_line
+
+    plan = machine_plan_line(quick=True)
     if as_json:
-        print_json({"tiers": rows, "weights": status.as_dict()})
+        print_json({"tiers": rows, "weights": status.as_dict(), "plan": plan})
         return
     table = Table(title="Kontext Studio tiers")
     for col in ("tier", "credits", "steps", "guidance", "refs", "status", "what it is"):
@@ -50,6 +53,7 @@ def models(model: ModelOpt = None, base: BaseOpt = None, as_json: JsonOpt = Fals
         out.print(f"weights: [green]found[/] {escape(str(status.path))}{kind}", highlight=False)
     else:
         out.print(f"weights: [red]missing[/]. {escape(status.message)}", soft_wrap=True, highlight=False)
+    out.print(f"plan on this machine: {escape(plan)} (kontext plan --vram 12: another card)", highlight=False)
 
 
 @handles_errors

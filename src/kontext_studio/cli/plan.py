@@ -12,12 +12,13 @@ from kontext_studio.core.errors import InvalidRequest
 GENERATIONS = "turing, ampere, ada, hopper, blackwell, apple or cpu"
 
 
-def machine_plan_line(model_id: str = "dev") -> str:
-    """One line for ``kontext doctor`` / ``kontext models``: the plan this machine gets for ``model_id``."""
-    from kontext_studio.core.planner import PlanDoesNotFit, footprint, plan_for, this_machine
+def machine_plan_line(model_id: str = "dev", quick: bool = False) -> str:
+    """One line for ``kontext doctor`` / ``kontext models``: the plan this machine gets for ``model_id``
+    (``quick``: probe the GPU without importing torch)."""
+    from kontext_studio.core.planner import PlanDoesNotFit, footprint, plan_for, probe_machine, this_machine
 
     try:
-        return plan_for(footprint(model_id), this_machine()).explanation
+        return plan_for(footprint(model_id), probe_machine() if quick else this_machine()).explanation
     except PlanDoesNotFit as exc:
         return str(exc)
 

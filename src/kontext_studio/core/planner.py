@@ -397,6 +397,31 @@ def plan_table(models: list[ModelFootprint] | None = None, cards: tuple[int, ...
     return "\n".join(rows)
 
 
+def probe_machine() -> Machine:
+    """This machine without importing torch: ``nvidia-smi`` for the first GPU's free memory and compute
+    capability (when it is installed), the OS for system memory. For quick listings; loading uses
+    ``this_machine``."""
+    import os
+    import shutil
+    import subprocess
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    except (ValueError, OSError, AttributeError):
+        ram = 16.0
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=memory.free,compute_cap", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5, check=True).stdout.splitlines()[0]
+            free_mib, cap = (x.strip() for x in out.split(","))
+            major, minor = (int(x) for x in cap.split("."))
+            return Machine(float(free_mib) / 1024, ram, GpuGeneration.from_capability(major, minor))
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+    return Machine(None, ram, GpuGeneration.CPU)
+
+
 def this_machine() -> Machine:
     """Query the hardware: free memory on the first CUDA device, system memory, GPU generation."""
     import os
