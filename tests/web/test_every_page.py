@@ -75,6 +75,14 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
     accessible(page, axe_source)
     shot(page, f"page-studio-upload-{size}")
 
+    if size == "phone":  # a run started from the settings below the canvas brings the canvas back into view
+        page.fill("#prompt", "make it snowy, keep the circle")
+        page.locator("label.model", has_text="Kontext Fast").click()
+        page.get_by_test_id("generate").click()
+        expect(page.get_by_test_id("compare")).to_be_visible(timeout=30_000)
+        page.wait_for_function("Math.abs(document.querySelector('#canvas').getBoundingClientRect().top) < 2")
+        shot(page, "page-studio-result-phone")
+
     # The dark theme (the system's setting) is as readable: axe checks its contrast too.
     page.emulate_media(color_scheme="dark")
     accessible(page, axe_source)

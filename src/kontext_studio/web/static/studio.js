@@ -546,8 +546,15 @@ function stopWatching() {
   studio.timers = [];
 }
 
+// On a phone the settings sit below the canvas: bring the canvas back into view when something runs there.
+function revealCanvas() {
+  const canvas = $("#canvas");
+  if (canvas && window.matchMedia("(max-width: 959.98px)").matches) canvas.scrollIntoView({block: "start"});
+}
+
 function track(preds) {
   stopWatching();
+  revealCanvas();
   studio.batch = preds.map((p) => ({...p}));
   studio.current = studio.batch[0];
   $("#job").hidden = false;
@@ -740,6 +747,7 @@ function showResult(pred) {
   $("#back-to-grid").hidden = studio.batch.length < 2;
   $("#result").hidden = false;
   fitCanvas();
+  revealCanvas();
 }
 
 function setCompare(v) {
