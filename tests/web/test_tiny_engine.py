@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, TinyStudio, credits_agree
+from tests.web.conftest import DESKTOP, TinyStudio, accessible, credits_agree, no_overflow
 
 RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser and the other tests
 
@@ -99,7 +99,7 @@ def test_sample_photo_to_result_variations_and_model_switch(maker: Any, tiny_stu
     assert got.value.suggested_filename.endswith(".webp")
 
 
-def test_series_share_signed_out_and_revoke(maker: Any, browser: Any, tiny_studio: TinyStudio,
+def test_series_share_signed_out_and_revoke(maker: Any, browser: Any, tiny_studio: TinyStudio, axe_source: str,
                                             shot: Callable[[Any, str], Path]) -> None:
     page = maker
     before = credits_agree(page, tiny_studio)
@@ -133,7 +133,7 @@ def test_series_share_signed_out_and_revoke(maker: Any, browser: Any, tiny_studi
     expect(item.get_by_test_id("favourite")).to_have_attribute("aria-pressed", "true")
     shot(page, "tiny-04-library-share")
 
-    outsider = browser.new_context(viewport={"width": 390, "height": 844})
+    outsider = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)  # CSP: for axe
     public = outsider.new_page()
     try:
         public.goto(link)
@@ -148,6 +148,8 @@ def test_series_share_signed_out_and_revoke(maker: Any, browser: Any, tiny_studi
         expect(url).to_have_value(link)  # the same link, now showing the instruction
         public.reload()
         expect(public.get_by_test_id("shared-prompt")).to_have_text("“in neon light”")
+        no_overflow(public)
+        accessible(public, axe_source)
         shot(public, "tiny-05-shared-signed-out")
 
         item.get_by_test_id("share-revoke").click()
