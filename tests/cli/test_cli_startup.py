@@ -166,3 +166,19 @@ def test_ai_tools_check_their_inputs_before_torch_loads(inputs: dict[str, Path],
     assert r["code"] == 2, r
     assert message in " ".join(str(r["stderr"]).split())
     assert r["heavy"] == [], f"{args} imported {r['heavy']} before answering"
+
+
+def test_the_loading_spinner_shows_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from kontext_studio.cli import output
+
+    for terminal in (True, False):
+        buffer = io.StringIO()
+        monkeypatch.setattr(output, "err", Console(file=buffer, force_terminal=terminal, width=80))
+        with output.loading("loading torch and diffusers"):
+            time.sleep(0.3)
+        assert ("loading torch and diffusers" in buffer.getvalue()) is terminal
