@@ -16,7 +16,7 @@ def identity_line(identity: dict[str, Any] | None) -> str | None:
     sim = identity.get("similarity")
     if sim is None:
         reason = (identity.get("details") or {}).get("reason") or "nothing to compare"
-        return f"subject kept: not measured ({reason})"
+        return f"likeness not measured: {reason}"
     tries = identity.get("candidates") or []
     extra = f", best of {len(tries)} seeds" if len(tries) > 1 else ""
     passed = identity.get("passed")
