@@ -52,7 +52,12 @@ def credentials_router(storage: Storage, verify_url: Callable[[str, int, str], N
             from kontext_studio.core.errors import InvalidRequest
 
             raise InvalidRequest(f"format must be png, jpeg or webp; got {fmt!r}", field="format")
-        data = storage.get(key)
+        try:
+            data = await run_in_threadpool(storage.get, key)  # never block the event loop on storage
+        except (FileNotFoundError, IsADirectoryError, ValueError):
+            from kontext_studio.service.accounts.accounts_common import NotFound
+
+            raise NotFound(f"file {key} is no longer stored") from None
         converted = await run_in_threadpool(convert_output, data, fmt)
         headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=600"}
         if converted.note:
