@@ -245,12 +245,20 @@ def run_family(fam: Family, steps: int, formats: tuple[str, ...], compile_check:
         acc.use(STOCK)
     acc = Accelerator(pipe.transformer, "cpu")
     profile = get_profile(FAST.name, fam.name)
-    if profile.step_cache is not None:
+    report = acc.use(profile)
+    if report.step_cache is None:
+        result["step_cache_note"] = "; ".join(report.fallbacks) or f"no step cache for {fam.name}"
+        acc.use(STOCK)
+    else:
         calls = count_block_calls(pipe.transformer)
         before = calls()
-        report = acc.use(profile)
-        with acc.step_cache(report.step_cache, report.step_cache_threshold, steps):
-            lat = fam.run(pipe, image, steps)
+        try:
+            with acc.step_cache(report.step_cache, report.step_cache_threshold, steps):
+                lat = fam.run(pipe, image, steps)
+        except Exception as exc:  # a cache this model cannot take: report it, keep the other figures
+            result["step_cache_note"] = f"{report.step_cache} failed: {exc.__class__.__name__}: {exc}"
+            acc.use(STOCK)
+            return result
         cached_calls = calls() - before
         acc.use(STOCK)
         before = calls()
@@ -260,6 +268,31 @@ def run_family(fam: Family, steps: int, formats: tuple[str, ...], compile_check:
                                 "block_calls": cached_calls, "stock_block_calls": stock_calls,
                                 "latent_mad": float((lat.float() - full_latents.float()).abs().mean())}
     return result
+
+
+def print_family(r: dict[str, Any]) -> None:
+    say()
+    say(f"== {r['family']}: {r['steps']} steps, full precision (float32) run {r['full_precision_s']} s")
+    say(f"  {'format':<7} {'PSNR dB':>8} {'latent MAD':>11} {'linear bytes':>13} {'x bf16':>7}  tensor types")
+    for row in r["formats"]:
+        if "skipped" in row:
+            say(f"  {row['format']:<7} skipped: {row['skipped']}")
+            continue
+        types = ", ".join(f"{k} {v}" for k, v in sorted(row["tensor_types"].items()))
+        say(f"  {row['format']:<7} {row['psnr_db']:>8.2f} {row['latent_mad']:>11.5f} {row['linear_bytes']:>13,} "
+            f"{row['ratio_to_bf16']:>7.3f}  {types}")
+    if "compile" in r:
+        c = r["compile"]
+        say(f"  compile (lossless profile, forced on CPU): max |latent diff| {c['latent_max_abs_diff']:.2e} "
+            f"({'within' if c['within_tolerance'] else 'OUTSIDE'} {COMPILE_LATENT_TOLERANCE:g}), PSNR "
+            f"{c['psnr_db']} dB; first run {c['first_run_s']} s (compiling), then {c['warm_run_s']} s")
+    if "step_cache" in r:
+        s = r["step_cache"]
+        say(f"  step cache {s['kind']} (threshold {s['threshold']}): {s['block_calls']} block calls vs "
+            f"{s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the mechanism, "
+            "not a quality claim)")
+    if "step_cache_note" in r:
+        say(f"  step cache: {r['step_cache_note']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,31 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{name}: no tiny pipeline in this checkout; skipped")
             continue
         say(f"running {name} ({args.steps} steps, {'32' if args.narrow else '256'} wide)...")
-        results.append(run_family(available[name], args.steps, tuple(args.formats.split(",")), not args.no_compile))
+        result = run_family(available[name], args.steps, tuple(args.formats.split(",")), not args.no_compile)
+        results.append(result)
+        if not args.json:
+            print_family(result)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        say()
-        say(f"== {r['family']}: {r['steps']} steps, full precision (float32) run {r['full_precision_s']} s")
-        say(f"  {'format':<7} {'PSNR dB':>8} {'latent MAD':>11} {'linear bytes':>13} {'x bf16':>7}  tensor types")
-        for row in r["formats"]:
-            if "skipped" in row:
-                say(f"  {row['format']:<7} skipped: {row['skipped']}")
-                continue
-            types = ", ".join(f"{k} {v}" for k, v in sorted(row["tensor_types"].items()))
-            say(f"  {row['format']:<7} {row['psnr_db']:>8.2f} {row['latent_mad']:>11.5f} {row['linear_bytes']:>13,} "
-                f"{row['ratio_to_bf16']:>7.3f}  {types}")
-        if "compile" in r:
-            c = r["compile"]
-            say(f"  compile (lossless profile, forced on CPU): max |latent diff| {c['latent_max_abs_diff']:.2e} "
-                f"({'within' if c['within_tolerance'] else 'OUTSIDE'} {COMPILE_LATENT_TOLERANCE:g}), PSNR "
-                f"{c['psnr_db']} dB; first run {c['first_run_s']} s (compiling), then {c['warm_run_s']} s")
-        if "step_cache" in r:
-            s = r["step_cache"]
-            say(f"  step cache {s['kind']} (threshold {s['threshold']}): {s['block_calls']} block calls vs "
-                f"{s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the mechanism, "
-                "not a quality claim)")
     return 0
 
 

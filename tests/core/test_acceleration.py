@@ -130,3 +130,14 @@ def test_recipe_records_the_profile_and_replay_reproduces_it(editor, tmp_path: P
 def test_request_refuses_an_unknown_profile() -> None:
     with pytest.raises(InvalidRequest, match="acceleration must be one of"):
         EditRequest([Reference(noise_image(64, 64))], "x", acceleration="warp").validate()
+
+
+def test_a_step_cache_needs_two_blocks_and_says_so() -> None:
+    from diffusers import FluxTransformer2DModel
+
+    one_block = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=0,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                       pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=[4, 4, 8])
+    report = Accelerator(one_block, "cpu").use(FAST)
+    assert report.step_cache is None
+    assert any("at least two transformer blocks" in note for note in report.fallbacks)

@@ -142,10 +142,15 @@ class Accelerator:
     # -- load-time parts (kept while the profile stays the same) ---------------------------------------
     def use(self, profile: AccelerationProfile) -> AccelerationReport:
         """Switch the transformer to ``profile``; returns what is now active (fallbacks included)."""
-        if self.current.profile == profile.name and not self._drifted(profile):
+        if self.current.profile == profile.name and not self._drifted(profile) and profile.step_cache is None:
             return self.current
         report = AccelerationReport(profile.name, step_cache=profile.step_cache,
                                     step_cache_threshold=profile.step_cache_threshold)
+        names = getattr(self.transformer, "_repeated_blocks", None) or []
+        if profile.step_cache and sum(type(m).__name__ in names for m in self.transformer.modules()) < 2:
+            report.fallbacks.append(f"the {profile.step_cache} step cache needs at least two transformer blocks; "
+                                    "every step computed")
+            report.step_cache, report.step_cache_threshold = None, 0.0
         report.attention = self._attention(profile.attention, report.fallbacks)
         report.fused_qkv = self._fuse(profile.fuse_qkv, report.fallbacks)
         report.fp8 = self._fp8(profile.fp8, report.fallbacks)
