@@ -247,7 +247,8 @@ def run_family(fam: Family, steps: int, formats: tuple[str, ...], compile_check:
     profile = get_profile(FAST.name, fam.name)
     report = acc.use(profile)
     if report.step_cache is None:
-        result["step_cache_note"] = "; ".join(report.fallbacks) or f"no step cache for {fam.name}"
+        result["step_cache_note"] = (f"none in the fast profile for {fam.name}" if profile.step_cache is None
+                                     else "; ".join(report.fallbacks))
         acc.use(STOCK)
     else:
         calls = count_block_calls(pipe.transformer)
