@@ -29,6 +29,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_family_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """Saved tiny pipelines of every family (kontext, klein, flux2, qwen), built once per session."""
+    from kontext_studio.testing.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("family-models")
+    dirs = {"kontext": tiny_model_dir}
+    for family in ("klein", "flux2", "qwen"):
+        dirs[family] = build_tiny_model(root / f"tiny-{family}", family=family)
+    return dirs
+
+
+@pytest.fixture(scope="session")
 def backend(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """One warm diffusers backend on the tiny model, shared by the engine tests."""
     from kontext_studio.core.backends.diffusers_kontext import DiffusersKontextBackend

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_studio.core.backends.base import EditBackend
+from kontext_studio.core.catalogue import CATALOGUE, Catalogue, Family, ModelEntry
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import WeightsNotFound
 from kontext_studio.core.fidelity_base import Fidelity
@@ -20,12 +21,16 @@ from kontext_studio.core.provenance.credentials import (
     CredentialConfig,
     use_content_credentials,
 )
+from kontext_studio.core.warm import WarmPool
 from kontext_studio.core.weights import ModelSource
 from kontext_studio.settings import Settings
 
 
 def model_source(settings: Settings) -> ModelSource:
-    return ModelSource.parse(settings.model, base=settings.base_model)
+    """Where Kontext [dev] (and fast) weights are: ``KONTEXT_MODEL``, else ``KONTEXT_WEIGHTS`` for it."""
+    where = settings.model or settings.weights_for("black-forest-labs/flux-kontext-dev", "flux-kontext-dev", "dev",
+                                                   "kontext")
+    return ModelSource.parse(where, base=settings.base_model)
 
 
 def build_editor(settings: Settings, on_status: Callable[[str], None] | None = None) -> Editor:
@@ -55,9 +60,44 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
 
     install_content_credentials(settings)
     factories: dict[str, Callable[[], EditBackend]] = {"diffusers": diffusers_backend}
+    for entry in catalogue(settings).local():
+        if entry.family is not Family.KONTEXT:
+            factories[entry.key] = functools.partial(family_backend, settings, entry, on_status)
     if settings.bfl_api_key:
         factories["bfl_api"] = lambda: bfl_backend(settings)
-    return Editor(backend_factories=factories, fidelity=build_fidelity(settings))
+    return Editor(backend_factories=factories, fidelity=build_fidelity(settings),
+                  warm=WarmPool(max_models=settings.warm_models))
+
+
+def catalogue(settings: Settings) -> Catalogue:
+    """The model catalogue with the installation's prices (``KONTEXT_PRICES``)."""
+    return CATALOGUE.with_prices(dict(settings.prices)) if settings.prices else CATALOGUE
+
+
+def family_source(settings: Settings, entry: ModelEntry) -> ModelSource:
+    """Where ``entry``'s weights are: ``KONTEXT_WEIGHTS`` for it, else its hub repo."""
+    where = settings.weights_for(entry.name, entry.short_name, entry.key)
+    return ModelSource.parse(where or entry.weights.hub, base=entry.weights.hub)
+
+
+def family_backend(settings: Settings, entry: ModelEntry,
+                   on_status: Callable[[str], None] | None = None) -> EditBackend:
+    """The local backend of a non-Kontext catalogue model (built on first use, loads on first edit)."""
+    quiet_third_party_logs()
+    from kontext_studio.core.backends.diffusers_family import DiffusersFamilyBackend
+
+    cls: type[DiffusersFamilyBackend]
+    if entry.family is Family.KLEIN:
+        from kontext_studio.core.backends.diffusers_flux2 import Flux2KleinBackend as cls
+    elif entry.family is Family.FLUX2:
+        from kontext_studio.core.backends.diffusers_flux2 import Flux2DevBackend as cls
+    elif entry.family is Family.QWEN:
+        from kontext_studio.core.backends.diffusers_qwen import QwenImageEditBackend as cls
+    else:
+        raise ValueError(f"no local backend for the {entry.family.value} family")
+    return cls(entry, family_source(settings, entry), device=settings.device, dtype=settings.dtype,
+               memory_mode=settings.memory_mode, token=settings.hf_token, allow_download=settings.allow_download,
+               cache_dir=settings.home / "cache", on_status=on_status)
 
 
 def content_credentials(settings: Settings) -> ContentCredentials:

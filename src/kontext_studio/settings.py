@@ -45,6 +45,11 @@ class Settings:
             unset: the installation's own CA in ``home/credentials``, created on first start.
         tool_models: folder of the free tools' model files (``KONTEXT_TOOL_MODELS``; default
             ``<home>/tool-models``).
+        weights: where each catalogue model's weights are, by model name or key (``KONTEXT_WEIGHTS``:
+            ``klein-4b=/models/klein,qwen-edit=Qwen/Qwen-Image-Edit-2511``); Kontext [dev] uses ``model``.
+        warm_models: how many local models stay loaded at once (``KONTEXT_WARM_MODELS``; ``auto``/None: as
+            many as free memory allows).
+        prices: credit prices replacing the catalogue's (``KONTEXT_PRICES``: ``klein-4b=2,qwen-edit=5``).
     """
 
     model: str | None = None
@@ -70,6 +75,14 @@ class Settings:
     tool_models: Path | None = None
     precision: str = "auto"
     text_encoder_precision: str = "auto"
+    weights: tuple[tuple[str, str], ...] = ()
+    warm_models: int | None = None
+    prices: tuple[tuple[str, int], ...] = ()
+
+    def weights_for(self, *names: str) -> str | None:
+        """The weights location configured for a model (any of its names), if any."""
+        table = {k.strip().lower(): v for k, v in self.weights}
+        return next((table[n.lower()] for n in names if n.lower() in table), None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,8 +112,35 @@ class Settings:
             tool_models=Path(e["KONTEXT_TOOL_MODELS"]).expanduser() if e.get("KONTEXT_TOOL_MODELS") else None,
             precision=e.get("KONTEXT_PRECISION", "auto").lower(),
             text_encoder_precision=e.get("KONTEXT_TEXT_ENCODER_PRECISION", "auto").lower(),
+            weights=_pairs(e.get("KONTEXT_WEIGHTS", "")),
+            warm_models=_count(e.get("KONTEXT_WARM_MODELS", "")),
+            prices=tuple((k, int(v)) for k, v in _pairs(e.get("KONTEXT_PRICES", ""), "KONTEXT_PRICES")),
         )
 
     @property
     def service_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'kontext.db'}"
+
+
+def _pairs(text: str, name: str = "KONTEXT_WEIGHTS") -> tuple[tuple[str, str], ...]:
+    """``a=1,b=2`` → (("a", "1"), ("b", "2")); a part without ``=`` is refused, naming the variable."""
+    out = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{name}: expected model=value pairs separated by commas, got {part.strip()!r}")
+        if name == "KONTEXT_PRICES" and not value.strip().isdigit():
+            raise ValueError(f"{name}: the price of {key.strip()} must be a whole number of credits, got {value!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def _count(text: str) -> int | None:
+    text = text.strip().lower()
+    if text in ("", "auto"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"KONTEXT_WARM_MODELS must be auto or a whole number of models (1 or more), got {text!r}")
+    return int(text)

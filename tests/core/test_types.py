@@ -14,13 +14,15 @@ def req(**kw: object) -> EditRequest:
 def test_defaults() -> None:
     r = req()
     r.validate()
-    assert r.tier == "dev" and r.strategy is Strategy.STITCH and r.aspect_ratio == "match_input_image"
+    # No strategy means the model's own default: stitch for Kontext.
+    assert r.tier == "dev" and r.strategy is None and r.entry().default_strategy == Strategy.STITCH
+    assert r.aspect_ratio == "match_input_image"
 
 
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"references": []}, "references"),
+        ({"references": [], "tier": "pro"}, "references"),  # pro only edits; dev also generates from text
         ({"references": [Reference("a.png")] * 5}, "references"),
         ({"instruction": "   "}, "instruction"),
         ({"instruction": "x" * 5000}, "instruction"),
@@ -38,7 +40,7 @@ def test_invalid_fields_are_named(changes: dict[str, object], field: str) -> Non
 
 
 def test_enum_fields_teach_the_choices() -> None:
-    with pytest.raises(InvalidRequest, match="strategy must be one of stitch, offset, index; got 'zigzag'"):
+    with pytest.raises(InvalidRequest, match="strategy must be one of native, stitch, offset, index; got 'zigzag'"):
         req(strategy="zigzag")
     with pytest.raises(InvalidRequest, match="role must be one of subject, garment"):
         Reference("a.png", role="hat")  # type: ignore[arg-type]

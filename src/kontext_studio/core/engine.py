@@ -36,8 +36,10 @@ from kontext_studio.core.images import LoadedImage, load_reference, sha256_image
 from kontext_studio.core.multiref import Placement, placements, stitch
 from kontext_studio.core.preflight import preflight
 from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
+from kontext_studio.core.catalogue import Family, ModelEntry, get_model
 from kontext_studio.core.registry import TierSpec
-from kontext_studio.core.resolution import GeometryPlan, plan_output, reference_size
+from kontext_studio.core.resolution import GeometryPlan, plan_generate, plan_output, reference_size
+from kontext_studio.core.warm import WarmPool
 from kontext_studio.core.types import (
     MAX_SEED,
     EditRequest,
@@ -103,18 +105,21 @@ class SeriesResult:
 
 
 class Editor:
-    """Runs edits on the backend each tier names.
+    """Runs edits on the backend each catalogue model names.
 
     Args:
-        backends: backend name (``diffusers``, ``bfl_api``, ``fake``) → instance. A tier whose backend
-            is absent raises TierNotConfigured with what is missing.
-        backend_factories: lazily built backends (so ``kontext models`` never loads a model).
+        backends: backend name → instance. Names are a model's key (``klein-4b``), its warm key
+            (``kontext`` for Kontext dev and fast) or a backend kind (``diffusers`` runs Kontext, ``bfl_api`` the
+            hosted models, ``fake`` everything). A model whose backend is absent raises TierNotConfigured.
+        backend_factories: lazily built backends under the same names (so ``kontext models`` never loads a
+            model). Local backends built from them stay warm in ``warm`` and are rebuilt after an eviction.
         fidelity: the analyser for reference checks, pixel lock and identity scores (None: none run).
+        warm: the pool that keeps local pipelines loaded (default: as many as free memory allows).
     """
 
     def __init__(self, backends: dict[str, EditBackend] | None = None,
                  backend_factories: dict[str, Callable[[], EditBackend]] | None = None,
-                 fidelity: Fidelity | None = None):
+                 fidelity: Fidelity | None = None, warm: WarmPool | None = None):
         self._backends: dict[str, EditBackend] = dict(backends or {})
         self._factories = dict(backend_factories or {})
         self.fidelity = fidelity
@@ -123,6 +128,7 @@ class Editor:
         self._build_lock = threading.Lock()
         self._building: set[str] = set()
         self._failed: dict[str, tuple[float, str]] = {}
+        self.warm = warm or WarmPool()
 
     RETRY_FAILED_AFTER = 30.0
 
@@ -136,54 +142,89 @@ class Editor:
         else:
             self._backends[name] = backend
 
-    def backend_for(self, tier: TierSpec) -> EditBackend:
-        """The backend that runs ``tier`` (built now if it is lazy; a concurrent caller waits for the build).
+    @staticmethod
+    def _names(entry: ModelEntry) -> list[str]:
+        names = [entry.key, entry.warm_key]
+        # The generic kinds: "diffusers" has always meant the Kontext backend; "bfl_api" runs every hosted model.
+        if entry.family is Family.KONTEXT or not entry.local:
+            names.append(entry.backend)
+        return list(dict.fromkeys(names))
+
+    @staticmethod
+    def _entry(model: ModelEntry | TierSpec | str) -> ModelEntry:
+        return model if isinstance(model, ModelEntry) else get_model(model if isinstance(model, str) else model.name)
+
+    def backend_for(self, model: ModelEntry | TierSpec | str) -> EditBackend:
+        """The backend that runs ``model`` (a catalogue entry, a tier, or any name of either), built now if it
+        is lazy (a concurrent caller waits for the build).
+
+        Local backends stay warm after their first use; building one may evict the least recently used other
+        local model (see ``WarmPool``), which is rebuilt from its factory when it is needed again.
 
         Raises:
-            TierNotConfigured: naming what the tier needs, or why its backend failed to start.
+            TierNotConfigured: naming what the model needs, or why its backend failed to start.
+            UnsupportedTier: an unknown name.
         """
-        name = tier.backend
-        if name not in self._backends and name in self._factories:
+        entry = self._entry(model)
+        names = self._names(entry)
+        for name in names:
+            if name in self._backends:
+                if entry.local:
+                    self.warm.touch(name)
+                return self._backends[name]
+        name = next((n for n in names if n in self._factories), None)
+        if name is not None:
             with self._build_lock:
-                if name not in self._backends and name in self._factories:
+                if name not in self._backends:
                     failed = self._failed.get(name)
                     if failed is not None and time.monotonic() - failed[0] < self.RETRY_FAILED_AFTER:
-                        raise TierNotConfigured(f"tier {tier.name!r} ({tier.title}): its backend failed to start "
+                        raise TierNotConfigured(f"model {entry.key!r} ({entry.title}): its backend failed to start "
                                                 f"({failed[1]}); it is retried in a moment")
                     self._building.add(name)
                     try:
-                        self._backends[name] = self._factories[name]()
+                        backend = self._factories[name]()
                     except Exception as exc:
                         self._failed[name] = (time.monotonic(), f"{exc.__class__.__name__}: {exc}")
                         raise
                     finally:
                         self._building.discard(name)
-                    del self._factories[name]
                     self._failed.pop(name, None)
-        if name in self._backends:
-            return self._backends[name]
+                    self._backends[name] = backend
+                    if entry.local:
+                        for old in self.warm.admit(name, backend, entry):
+                            evicted = self._backends.pop(old, None)
+                            if evicted is not None:
+                                logger.info("evicting %s to make room for %s", old, entry.key)
+                                evicted.unload()
+                return self._backends[name]
         if "fake" in self._backends:
             return self._backends["fake"]
-        needs = ", ".join(tier.requires) or f"the {name} backend"
+        needs = ", ".join(entry.requires) or f"the {entry.title} weights on this machine"
+        hint = ("Use --tier dev or --tier fast to run locally." if entry.family is Family.KONTEXT
+                else "Run `kontext models` to see what this installation can run.")
         raise TierNotConfigured(
-            f"tier {tier.name!r} ({tier.title}) is not configured on this installation: it needs {needs}. "
-            "Use --tier dev or --tier fast to run locally."
+            f"model {entry.key!r} ({entry.title}) is not configured on this installation: it needs {needs}. {hint}"
         )
 
-    def backend_state(self, tier: TierSpec) -> tuple[str, str | None]:
-        """Where ``tier``'s backend stands, without building it: ``ready``, ``starting`` (being built),
-        ``lazy`` (built on first use), ``failed`` (retried later; with the reason) or ``absent`` (with what it
-        needs)."""
-        name = tier.backend
-        if name in self._backends or (name not in self._factories and "fake" in self._backends):
+    def backend_state(self, model: ModelEntry | TierSpec | str) -> tuple[str, str | None]:
+        """Where ``model``'s backend stands, without building it: ``ready``, ``starting`` (being built),
+        ``lazy`` (built on first use, or again after an eviction), ``failed`` (retried later; with the reason)
+        or ``absent`` (with what it needs)."""
+        entry = self._entry(model)
+        names = self._names(entry)
+        if any(n in self._backends for n in names):
             return "ready", None
-        if name in self._building:
+        lazy = [n for n in names if n in self._factories]
+        if not lazy and "fake" in self._backends:
+            return "ready", None
+        if any(n in self._building for n in lazy):
             return "starting", None
-        if name in self._factories:
-            failed = self._failed.get(name)
+        if lazy:
+            failed = self._failed.get(lazy[0])
             return ("failed", failed[1]) if failed is not None else ("lazy", None)
-        needs = ", ".join(tier.requires) or f"the {name} backend"
-        return "absent", f"tier {tier.name!r} ({tier.title}) is not configured on this installation: it needs {needs}."
+        needs = ", ".join(entry.requires) or f"the {entry.title} weights on this machine"
+        label = f"tier {entry.key!r}" if entry.family is Family.KONTEXT else f"model {entry.key!r}"
+        return "absent", f"{label} ({entry.title}) is not configured on this installation: it needs {needs}."
 
     def _load_references(self, refs: list[Reference]) -> list[LoadedImage]:
         return [load_reference(r, i) for i, r in enumerate(refs)]
@@ -191,6 +232,17 @@ class Editor:
     def _prepare(self, loaded: list[LoadedImage], refs: list[Reference], strategy: Strategy,
                  resolution: int) -> tuple[list[PreparedReference], list[str]]:
         warnings: list[str] = []
+        if not loaded:
+            return [], warnings
+        if strategy is Strategy.NATIVE and len(loaded) > 1:
+            # The model takes each reference itself, in order, at its own preferred size.
+            prepared = []
+            for i, li in enumerate(loaded):
+                size = reference_size(li.size, resolution)
+                if size != li.size:
+                    warnings.append(f"reference {i + 1} ({_fmt(li.size)}) resized to {_fmt(size)} for the model")
+                prepared.append(PreparedReference(li.image, li.sha256, size, Placement(i + 1, 0, 0)))
+            return prepared, warnings
         if len(loaded) == 1 or strategy is Strategy.STITCH:
             if len(loaded) == 1:
                 canvas, sha = loaded[0].image, loaded[0].sha256
@@ -244,16 +296,16 @@ class Editor:
         """
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        # Every model-free check (fields, tier, images, mask, LoRA files) runs before the backend is built,
+        # Every model-free check (fields, model, images, mask, LoRA files) runs before the backend is built,
         # so a wrong input is reported before the heavy libraries and the weights load.
         checked = preflight(request, _loaded)
-        tier, loaded, mask = checked.tier, checked.references, checked.mask
+        entry, loaded, mask = checked.entry, checked.references, checked.mask
         timings["images"] = time.perf_counter() - t_start
-        backend = self.backend_for(tier)
+        backend = self.backend_for(entry)
 
         warnings: list[str] = [w for li in loaded for w in li.warnings]
         findings: list[list[dict[str, Any]]] = []
-        if self.fidelity is not None and request.check_references:
+        if self.fidelity is not None and request.check_references and loaded:
             t = time.perf_counter()
             findings = [self.fidelity.check_reference(li.image, li.sha256) for li in loaded]
             warnings += [f"reference {i + 1}: {f['message']} ({f['fix']})" for i, found in enumerate(findings)
@@ -270,20 +322,28 @@ class Editor:
             on_progress("load", 1, 1)
 
         # __post_init__ already normalised these; the constructors only narrow the types.
-        strategy, fmt = Strategy(request.strategy), OutputFormat(request.output_format)
-        geometry = plan_output(loaded[0].size, request.aspect_ratio, GeometryMode(request.geometry), resolution)
-        if backend.separate_references:  # hosted Max: each reference goes up as its own image
+        strategy = Strategy(request.strategy or entry.default_strategy)
+        fmt = OutputFormat(request.output_format)
+        explicit = (int(request.width), int(request.height)) if request.width and request.height else None
+        if loaded:
+            geometry = plan_output(loaded[0].size, request.aspect_ratio, GeometryMode(request.geometry), resolution,
+                                   explicit=explicit)
+        else:
+            geometry = plan_generate(request.aspect_ratio, GeometryMode(request.geometry), resolution, explicit)
+        if backend.separate_references:  # hosted models: each reference goes up as its own image
             prepared = [PreparedReference(li.image, li.sha256, li.size, Placement(1, 0, 0)) for li in loaded]
             ref_warnings: list[str] = []
         else:
             prepared, ref_warnings = self._prepare(loaded, request.references, strategy, resolution)
         warnings += ref_warnings + list(geometry.warnings)
         seed = int(request.seed) if request.seed is not None else secrets.randbelow(SEED_RANGE)
-        steps = int(request.steps or tier.steps or 28)
+        tier = entry.tier
+        steps = int(request.steps or entry.steps or 28)
         if request.draft:
             steps = max(1, steps // 2)
         acceleration = str(request.acceleration or tier.acceleration).lower()
-        guidance = float(request.guidance if request.guidance is not None else (tier.guidance or 2.5))
+        guidance = float(request.guidance if request.guidance is not None else (
+            entry.guidance if entry.guidance is not None else 2.5))
         plan = GenerationPlan(
             instruction=request.instruction.strip(),
             references=prepared,
@@ -293,16 +353,17 @@ class Editor:
             guidance=guidance,
             seed=seed,
             loras=list(request.loras),
-            step_cache=tier.step_cache,
-            step_cache_threshold=tier.step_cache_threshold,
+            step_cache=entry.step_cache,
+            step_cache_threshold=entry.step_cache_threshold,
             acceleration=acceleration,
-            tier=tier.name,
+            tier=entry.key,
             roles=[str(r.role) if r.role else None for r in request.references],
             aspect_ratio=request.aspect_ratio,
             output_format=fmt.value,
             safety_tolerance=request.safety_tolerance,
             prompt_upsampling=bool(request.prompt_upsampling),
             remote_tasks=remote_tasks,
+            output_size=geometry.output_size,
         )
         subject = next((i for i, r in enumerate(request.references) if r.role == "subject"), 0)
         candidates = int(request.candidates)
@@ -331,7 +392,7 @@ class Editor:
                     f"identity guard: no candidate reached similarity {request.identity_guard:.2f} in "
                     f"{len(tried)} tries; kept the best ({best.similarity or 0:.2f}, seed {best.seed})"
                 )
-        chain = self._chain(request.references[0], loaded[0], best.image)
+        chain = self._chain(request.references[0], loaded[0], best.image) if loaded else None
         for w in warnings:
             logger.warning(w)
         timings["total"] = time.perf_counter() - t_start
@@ -339,18 +400,21 @@ class Editor:
             "schema": RECIPE_SCHEMA,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "instruction": plan.instruction,
-            "tier": tier.name,
+            "tier": entry.key,
+            "model_name": entry.name,
             "seed": best.seed,
             # Hosted tiers choose their own steps and guidance: record none rather than numbers never used.
-            "steps": steps if tier.local or tier.steps is not None else None,
-            "guidance": guidance if tier.local or tier.guidance is not None else None,
+            "steps": steps if entry.local or entry.steps is not None else None,
+            "guidance": guidance if entry.local or entry.guidance is not None else None,
             "strategy": strategy.value,
             "geometry": GeometryMode(request.geometry).value,
             "aspect_ratio": request.aspect_ratio,
             "output_format": fmt.value,
-            "step_cache": (best.info.get("acceleration") or {}).get("step_cache", tier.step_cache),
-            "acceleration": best.info.get("acceleration") if tier.local else None,
+            "step_cache": (best.info.get("acceleration") or {}).get("step_cache", entry.step_cache),
+            "acceleration": best.info.get("acceleration") if entry.local else None,
             "draft": bool(request.draft),
+            "width": request.width,
+            "height": request.height,
             "pixel_lock": request.pixel_lock if request.lock_mask is None else "mask",
             "references": [
                 {"path": str(Path(r.image).resolve()) if isinstance(r.image, str | Path) else None,
@@ -391,7 +455,7 @@ class Editor:
             image = image.resize(geometry.output_size, Image.Resampling.LANCZOS)
         timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t
         cand = _Candidate(image=image, seed=plan.seed, info=out.info, warnings=list(out.warnings))
-        if self.fidelity is None:
+        if self.fidelity is None or not loaded:
             return cand
         mode = "mask" if mask is not None else request.pixel_lock
         if mode != "off":
@@ -506,13 +570,15 @@ class Editor:
             references=refs,
             instruction=recipe["instruction"],
             tier=recipe["tier"],
+            width=recipe.get("width"),
+            height=recipe.get("height"),
             aspect_ratio=recipe.get("aspect_ratio", "match_input_image"),
             seed=recipe["seed"],
             steps=recipe.get("steps"),
             guidance=recipe.get("guidance"),
             output_format=recipe.get("output_format", "png"),
             loras=[LoraSpec(lo["path"], lo.get("weight", 1.0)) for lo in recipe.get("loras", [])],
-            strategy=recipe.get("strategy", "stitch"),
+            strategy=recipe.get("strategy"),
             geometry=recipe.get("geometry", "lock"),
             # The guard already picked its seed (recorded above): replay exactly that one.
             pixel_lock="off" if recipe.get("pixel_lock") == "off" else "auto",

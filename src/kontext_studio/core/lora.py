@@ -158,17 +158,25 @@ def _alpha(state: dict[str, Any], metadata: dict[str, Any]) -> float | None:
     return None
 
 
-def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, torch.Tensor]:
+def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo,
+                 pipeline_class: type | None = None) -> dict[str, torch.Tensor]:
     """Convert any supported layout to diffusers keys (``transformer.<module>.lora_A.weight``).
 
     Kohya and ComfyUI lora_down/up files and fal / BFL-layout lora_A/B files go through diffusers' own
     converters; plain PEFT files get their component prefix. Diffusers-format files are returned as is.
+
+    Args:
+        state: the file's tensors.
+        info: what the file is.
+        pipeline_class: the pipeline whose ``lora_state_dict`` converts community layouts (default: Kontext's;
+            other families convert with their own loader).
 
     Raises:
         LoraError: when the converter rejects the file, naming the format and the key it tripped on.
     """
     from diffusers import FluxKontextPipeline
 
+    converter = pipeline_class or FluxKontextPipeline
     fmt = info.format
     if fmt in (LoraFormat.DIFFUSERS, LoraFormat.AI_TOOLKIT):
         return state
@@ -179,7 +187,7 @@ def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, to
         # BFL module names with lora_A/B are fal's layout under another prefix.
         source = {k.replace("diffusion_model.", "base_model.model.", 1): v for k, v in source.items()}
     try:
-        converted = FluxKontextPipeline.lora_state_dict(source)
+        converted = converter.lora_state_dict(source)
     except (KeyError, ValueError, RuntimeError, IndexError, AssertionError) as exc:
         # AssertionError: the kohya converter asserts the 12B single-block sizes (3072 x 3 + 12288).
         raise LoraError(
@@ -194,13 +202,15 @@ def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, to
             for k, v in converted.items()}
 
 
-def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: LoraInfo) -> None:
+def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: LoraInfo,
+              model_title: str = "FLUX.1 Kontext [dev]") -> None:
     """Refuse a converted state dict whose keys or shapes do not match the model.
 
     Args:
         state: diffusers-format LoRA tensors.
         modules: ``{"transformer": model, "text_encoder": model, ...}`` to check against.
         info: the file's description, for the message.
+        model_title: the model it is being loaded on, for the message.
 
     Raises:
         LoraError: listing up to five keys that name no module or whose shapes do not fit.
@@ -238,7 +248,8 @@ def check_fit(state: dict[str, torch.Tensor], modules: dict[str, Any], info: Lor
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise LoraError(
             f"loras: {Path(info.path).name} ({info.format.value} format, {info.num_tensors} tensors) does not fit "
-            f"this model: {shown or 'no key matched a module'}. Was it trained for FLUX.1 Kontext [dev]?",
+            f"this model: {shown or 'no key matched a module'}. Was it trained for {model_title}? A LoRA only fits "
+            f"the model family it was trained on.",
             field="loras",
         )
 

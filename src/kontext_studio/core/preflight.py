@@ -14,7 +14,8 @@ from PIL import Image
 
 from kontext_studio.core.errors import InvalidRequest, LoraError
 from kontext_studio.core.images import LoadedImage, load_reference
-from kontext_studio.core.registry import TierSpec, get_tier
+from kontext_studio.core.catalogue import ModelEntry
+from kontext_studio.core.registry import TierSpec
 from kontext_studio.core.types import EditRequest, Reference
 
 
@@ -23,14 +24,16 @@ class Checked:
     """A request that passed every model-free check, with its decoded inputs.
 
     Attributes:
-        tier: the tier the request names.
-        references: the decoded reference images, in order.
+        tier: the tier the request names (the catalogue entry seen as a tier).
+        references: the decoded reference images, in order (none: text to image).
         mask: the decoded lock mask (grayscale, the first reference's size), or None.
+        entry: the catalogue model the request runs on.
     """
 
     tier: TierSpec
     references: list[LoadedImage]
     mask: Image.Image | None
+    entry: ModelEntry
 
 
 def check_loras(request: EditRequest) -> None:
@@ -71,20 +74,17 @@ def preflight(request: EditRequest, loaded: list[LoadedImage] | None = None) -> 
         loaded: references decoded earlier (a series decodes them once).
 
     Returns:
-        The tier and the decoded inputs.
+        The model, its tier view and the decoded inputs.
 
     Raises:
         InvalidRequest: a field, an image, the mask or a LoRA file is wrong (the message names it).
         UnsupportedTier: the tier is not registered.
     """
-    request.validate()
-    tier = get_tier(request.tier)
-    if len(request.references) > tier.max_references:
-        raise InvalidRequest(
-            f"references: tier {tier.name} takes at most {tier.max_references} reference image(s), got "
-            f"{len(request.references)}; use --tier max or dev for several references",
-            field="references",
-        )
+    request.validate()  # includes the model's own reference limit and tasks
+    entry = request.entry()
     check_loras(request)
-    refs = loaded or [load_reference(r, i) for i, r in enumerate(request.references)]
-    return Checked(tier, refs, load_mask(request.lock_mask, refs[0].size))
+    refs = loaded if loaded is not None else [load_reference(r, i) for i, r in enumerate(request.references)]
+    if request.lock_mask is not None and not refs:
+        raise InvalidRequest("lock_mask: a pixel-lock mask needs a reference image to lock to", field="lock_mask")
+    mask = load_mask(request.lock_mask, refs[0].size) if refs else None
+    return Checked(entry.tier, refs, mask, entry)

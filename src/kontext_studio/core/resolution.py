@@ -115,6 +115,7 @@ def plan_output(
     aspect_ratio: str,
     geometry: GeometryMode,
     resolution: int = 1024,
+    explicit: tuple[int, int] | None = None,
 ) -> GeometryPlan:
     """Decide the model's working size and the output size for an edit.
 
@@ -123,6 +124,7 @@ def plan_output(
         aspect_ratio: ``match_input_image`` or ``"W:H"``.
         geometry: ``lock`` returns exactly the input size / requested ratio; ``native`` the model size.
         resolution: the model's square working size.
+        explicit: an exact (width, height) asked for; it wins over ``aspect_ratio``.
 
     Returns:
         A GeometryPlan whose warnings describe each resize.
@@ -132,7 +134,11 @@ def plan_output(
     """
     ratio = parse_aspect_ratio(aspect_ratio)
     warnings: list[str] = []
-    if ratio is None:
+    if explicit is not None:
+        model = nearest_preferred(explicit[0] / explicit[1], resolution)
+        wanted = explicit
+        what = f"size {_fmt(explicit)}"
+    elif ratio is None:
         model = nearest_preferred(input_size[0] / input_size[1], resolution)
         wanted = input_size
         what = f"input {_fmt(input_size)}"
@@ -154,3 +160,17 @@ def plan_output(
 def reference_size(size: tuple[int, int], resolution: int = 1024) -> tuple[int, int]:
     """The working size a reference image is resized to before encoding (nearest preferred)."""
     return nearest_preferred(size[0] / size[1], resolution)
+
+
+def plan_generate(aspect_ratio: str, geometry: GeometryMode, resolution: int = 1024,
+                  explicit: tuple[int, int] | None = None) -> GeometryPlan:
+    """Sizes for text-to-image: ``explicit`` (width, height) if given, else the ratio (square by default).
+
+    Raises:
+        InvalidRequest: for an aspect ratio outside 21:9 ... 9:21 or not in W:H form.
+    """
+    ratio = parse_aspect_ratio(aspect_ratio)
+    side = resolution
+    if explicit is not None or ratio is not None:
+        return plan_output((side, side), aspect_ratio, geometry, resolution, explicit=explicit)
+    return plan_output((side, side), "1:1", geometry, resolution)

@@ -11,13 +11,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from kontext_studio.core.errors import InvalidRequest
 
-MAX_REFERENCES = 4
+if TYPE_CHECKING:
+    from kontext_studio.core.catalogue import ModelEntry
+
+MAX_REFERENCES = 8  # the most any catalogue model takes (hosted FLUX.2); each model has its own limit
 MAX_INSTRUCTION_CHARS = 2000
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere: torch generators, the BFL API, the studio form
@@ -37,8 +40,9 @@ class Role(StrEnum):
 
 
 class Strategy(StrEnum):
-    """How several references reach the model (with one reference all three are the same)."""
+    """How several references reach the model (with one reference they are all the same)."""
 
+    NATIVE = "native"  # the model takes each reference itself (FLUX.2, Qwen-Image-Edit): their default
     STITCH = "stitch"  # pixels side by side in one canvas, encoded once (default: most robust)
     OFFSET = "offset"  # each encoded alone, tiled on the position grid by its own width/height
     INDEX = "index"  # each encoded alone with its own position index (1, 2, 3, ...)
@@ -109,18 +113,27 @@ class LoraSpec:
 
 @dataclass
 class EditRequest:
-    """Everything an edit asks for. ``None`` for steps/guidance means the tier's default."""
+    """Everything an edit asks for. ``None`` for steps/guidance/strategy means the model's default.
+
+    ``model`` names a catalogue entry by any of its names (``black-forest-labs/flux-2-klein-4b``,
+    ``flux-2-klein-4b``, ``klein-4b``); when it is None, ``tier`` does (the Kontext tiers ``dev``, ``fast``,
+    ``pro``, ``max`` are catalogue entries too). With no reference, models that can generate make an image
+    from the instruction alone, at ``aspect_ratio`` (or ``width`` x ``height``).
+    """
 
     references: list[Reference]
     instruction: str
     tier: str = "dev"
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
     aspect_ratio: str = "match_input_image"
     seed: int | None = None
     steps: int | None = None
     guidance: float | None = None
     output_format: OutputFormat | str = OutputFormat.PNG
     loras: list[LoraSpec] = field(default_factory=list)
-    strategy: Strategy | str = Strategy.STITCH
+    strategy: Strategy | str | None = None
     geometry: GeometryMode | str = GeometryMode.LOCK
     identity_guard: float | None = None
     candidates: int = 1
@@ -134,7 +147,8 @@ class EditRequest:
 
     def __post_init__(self) -> None:
         self.output_format = _enum(OutputFormat, self.output_format, "output_format")
-        self.strategy = _enum(Strategy, self.strategy, "strategy")
+        if self.strategy is not None:
+            self.strategy = _enum(Strategy, self.strategy, "strategy")
         self.geometry = _enum(GeometryMode, self.geometry, "geometry")
         self.tier = str(self.tier).lower()
         self.references = [r if isinstance(r, Reference) else Reference(r) for r in self.references]
@@ -146,28 +160,29 @@ class EditRequest:
         Raises:
             InvalidRequest: naming the field, the value and the fix.
         """
+        entry = self.entry()
         n = len(self.references)
-        if n == 0:
-            raise InvalidRequest("references: give at least one reference image", field="references")
         if n > MAX_REFERENCES:
             raise InvalidRequest(
                 f"references: at most {MAX_REFERENCES} reference images are supported, got {n}; "
                 "combine some into one picture or drop the least important",
                 field="references",
             )
-        from kontext_studio.core.registry import TIERS  # registry is data only; imported late like resolution
-
-        spec = TIERS.get(self.tier)
-        if spec is not None and n > spec.max_references:
+        entry.check_references(n)
+        if self.strategy is not None and n > 1 and self.strategy.value not in (*entry.strategies, "stitch"):
             raise InvalidRequest(
-                f"references: tier {spec.name} takes at most {spec.max_references} reference image(s), got {n}; "
-                "use --tier max (hosted, up to 4) or dev for several references",
-                field="references",
-            )
-        if spec is not None and not spec.local and int(self.candidates) > 1:
+                f"strategy: {entry.title} takes several references as {' or '.join(entry.strategies)} (or stitch: "
+                f"side by side in one picture); got {self.strategy.value!r}", field="strategy")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value is not None and (isinstance(value, bool) or not 64 <= int(value) <= 4096):
+                raise InvalidRequest(f"{name} must be between 64 and 4096 pixels, got {value!r}", field=name)
+        if (self.width is None) != (self.height is None):
+            raise InvalidRequest("width and height go together: give both, or neither (then aspect_ratio or the "
+                                 "input's size sets the size)", field="width" if self.width is None else "height")
+        if not entry.local and int(self.candidates) > 1:
             # The job is priced once, but BFL charges every image it makes.
             raise InvalidRequest(
-                f"candidates: on the hosted tier {spec.name} every candidate is a separate BFL request, each "
+                f"candidates: on the hosted model {entry.key} every candidate is a separate BFL request, each "
                 f"charged by BFL; use 1 (the identity guard still scores the result), or find a good seed on dev "
                 f"or fast and promote it; got {self.candidates}", field="candidates")
         low, high = SAFETY_TOLERANCE_RANGE
@@ -220,6 +235,18 @@ class EditRequest:
                 raise InvalidRequest(
                     f"loras: weight for {lo.path} must be between -4 and 4, got {lo.weight}", field="loras"
                 )
+
+    def entry(self) -> ModelEntry:
+        """The catalogue entry this request runs on (``model``, else ``tier``).
+
+        Raises:
+            UnsupportedTier: an unknown name, listing the valid ones.
+        """
+        from kontext_studio.core.catalogue import get_model  # the catalogue imports this module's neighbours
+
+        if self.model is not None:
+            return get_model(self.model, "model")
+        return get_model(self.tier, "tier")
 
     def replace(self, **changes: Any) -> EditRequest:
         """A copy with some fields changed (e.g. another seed or instruction)."""

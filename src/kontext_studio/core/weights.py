@@ -199,3 +199,17 @@ def fingerprint(path: str | Path, cache_dir: str | Path | None = None) -> str:
         tmp.write_text(json.dumps(cache))
         tmp.replace(cache_file)  # atomic: a concurrent reader never sees half a file
     return digest if p.is_file() else outer.hexdigest()
+
+
+def weights_bytes(source: ModelSource, token: str | None = None) -> int | None:
+    """Bytes of the weight files behind ``source`` if they are on this machine (None otherwise): what loading
+    them will roughly take in memory (the files are stored in the dtype they load in)."""
+    status = locate(source, token, download=False)
+    if not status.found or status.path is None:
+        return None
+    p = Path(status.path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in (".safetensors", ".bin", ".gguf")]
+    total = sum(f.stat().st_size for f in files if f.exists())
+    if source.kind == "single_file" and source.base:
+        total += weights_bytes(ModelSource.parse(source.base, revision=source.revision), token) or 0
+    return total

@@ -123,26 +123,71 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random-weight Kontext pipeline as a diffusers folder (about 1.5 MB).
+FAMILIES = ("kontext", "klein", "flux2", "qwen")
+
+
+def tiny_pipeline(family: str = "kontext", seed: int = 0) -> Any:
+    """A tiny random-weight pipeline of ``family`` (kontext, klein, flux2 or qwen), in memory.
+
+    Raises:
+        ValueError: an unknown family, naming the known ones.
+    """
+    from kontext_studio.testing import tiny_families
+
+    if family == "kontext":
+        from diffusers import FluxKontextPipeline
+
+        return FluxKontextPipeline(**tiny_components(seed))
+    if family == "klein":
+        from diffusers import Flux2KleinPipeline
+
+        return Flux2KleinPipeline(**tiny_families.klein_components(seed))
+    if family == "flux2":
+        from diffusers import Flux2Pipeline
+
+        return Flux2Pipeline(**tiny_families.flux2_components(seed))
+    if family == "qwen":
+        from diffusers import QwenImageEditPlusPipeline
+
+        return QwenImageEditPlusPipeline(**tiny_families.qwen_components(seed))
+    raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, family: str = "kontext") -> Path:
+    """Save a tiny random-weight pipeline of ``family`` as a diffusers folder (1-3 MB).
 
     Args:
         out_dir: folder to write; created if missing.
         seed: weight seed.
+        family: kontext (FLUX.1 Kontext), klein (FLUX.2 [klein]), flux2 (FLUX.2 [dev]) or qwen
+            (Qwen-Image-Edit-2511).
 
     Returns:
         The folder path. It holds ``model_index.json`` plus a ``kontext_studio.json`` marker that labels
         the weights as random and sets the model's working resolution.
-    """
-    from diffusers import FluxKontextPipeline
 
+    Raises:
+        ValueError: an unknown family.
+    """
     out = Path(out_dir)
-    pipe = FluxKontextPipeline(**tiny_components(seed))
+    pipe = tiny_pipeline(family, seed)
     pipe.save_pretrained(out)
+    if family == "qwen":
+        # Without torchvision the processor is an image-only subclass; the folder names the stock class so
+        # that any diffusers install loads it.
+        index = json.loads((out / "model_index.json").read_text())
+        index["processor"] = ["transformers", "Qwen2VLProcessor"]
+        (out / "model_index.json").write_text(json.dumps(index, indent=2))
+        proc_config = out / "processor" / "processor_config.json"
+        if proc_config.is_file():
+            data = json.loads(proc_config.read_text())
+            data["processor_class"] = "Qwen2VLProcessor"
+            proc_config.write_text(json.dumps(data, indent=2))
     (out / MARKER_FILE).write_text(
         json.dumps(
             {
                 "kind": "tiny-test-model",
+                "family": family,
                 "random_weights": True,
                 "note": "Random weights, for tests and dry runs only: its images are noise.",
                 "resolution": TINY_RESOLUTION,

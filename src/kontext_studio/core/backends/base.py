@@ -78,6 +78,7 @@ class GenerationPlan:
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     remote_tasks: RemoteTaskLog | None = None
+    output_size: tuple[int, int] | None = None  # what the user gets (hosted models that take width/height)
 
 
 @dataclass
@@ -106,6 +107,13 @@ class EditBackend(ABC):
     @abstractmethod
     def model_info(self) -> dict[str, Any]:
         """Model source, revision or file hash, device, dtype: the recipe's ``model`` section."""
+
+    def unload(self) -> None:
+        """Free the loaded model (the engine's warm pool evicted it); the next edit loads it again."""
+
+    def estimated_bytes(self) -> int | None:
+        """Memory the loaded model will hold, if known before loading (the warm pool makes room for it)."""
+        return None
 
     @abstractmethod
     def generate(self, plan: GenerationPlan, on_step: ProgressFn | None = None,

@@ -44,7 +44,7 @@ from kontext_studio.core.errors import Canceled, WeightsNotFound
 from kontext_studio.core.lora import LoraFormat, LoraInfo, check_fit, read_lora, to_diffusers
 from kontext_studio.core.quantize import apply_weight_precision, load_transformer_file
 from kontext_studio.core.types import LoraSpec
-from kontext_studio.core.weights import ModelSource, WeightsStatus, fingerprint, locate
+from kontext_studio.core.weights import ModelSource, WeightsStatus, fingerprint, locate, weights_bytes
 
 PROMPT_CACHE_SIZE = 32
 REFERENCE_CACHE_SIZE = 16
@@ -117,6 +117,18 @@ class KontextEditPipeline(FluxKontextPipeline):
         return images[0]
 
 
+def release_pipeline(backend: Any) -> None:
+    """Forget a backend's pipeline and cached tensors, and return the memory to the device."""
+    import gc
+
+    backend.pipe = None
+    backend._prompts.clear()
+    backend._references.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class _LRU(OrderedDict[Any, Any]):
     def __init__(self, size: int):
         super().__init__()
@@ -136,8 +148,10 @@ class _LRU(OrderedDict[Any, Any]):
 class LoraSlots:
     """Adapters loaded on the warm pipeline, by content hash; activates the requested set per edit."""
 
-    def __init__(self, pipe: KontextEditPipeline):
+    def __init__(self, pipe: Any, pipeline_class: type | None = None, model_title: str = "FLUX.1 Kontext [dev]"):
         self.pipe = pipe
+        self.pipeline_class = pipeline_class  # whose converters read community formats (default: Kontext's)
+        self.model_title = model_title
         self.loaded: OrderedDict[str, LoraInfo] = OrderedDict()
         self._info: dict[tuple[str, int, int], LoraInfo] = {}
         self.enabled = False
@@ -157,8 +171,9 @@ class LoraSlots:
     def _load(self, name: str, info: LoraInfo, state: dict[str, torch.Tensor] | None) -> None:
         if state is None:
             state, info = read_lora(info.path)
-        converted = to_diffusers(state, info)
-        check_fit(converted, {"transformer": self.pipe.transformer, "text_encoder": self.pipe.text_encoder}, info)
+        converted = to_diffusers(state, info, self.pipeline_class)
+        check_fit(converted, {"transformer": self.pipe.transformer, "text_encoder": self.pipe.text_encoder}, info,
+                  self.model_title)
         with warnings.catch_warnings():
             # peft notes every second adapter on the same model; that is exactly what hot-swapping does.
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
@@ -335,6 +350,14 @@ class DiffusersKontextBackend(EditBackend):
             pipe.enable_group_offload(onload_device=torch.device(device), offload_type="block_level",
                                       num_blocks_per_group=2, use_stream=True)
 
+    def unload(self) -> None:
+        """Drop the pipeline and its caches (the warm pool evicted this model)."""
+        release_pipeline(self)
+        self.loras = None
+
+    def estimated_bytes(self) -> int | None:
+        return weights_bytes(self.source, self.token)
+
     # -- EditBackend ---------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
@@ -416,7 +439,8 @@ class DiffusersKontextBackend(EditBackend):
         timings["prompt"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        tokens, ids = self.encode_references(plan.references, embeds.dtype)
+        # No reference: text to image, the stock pipeline's own path (no reference tokens at all).
+        reference = self.encode_references(plan.references, embeds.dtype) if plan.references else None
         timings["reference_encode"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -446,7 +470,7 @@ class DiffusersKontextBackend(EditBackend):
                 image=None,
                 prompt_embeds=embeds,
                 pooled_prompt_embeds=pooled,
-                reference_tokens=(tokens, ids),
+                reference_tokens=reference,
                 height=height,
                 width=width,
                 max_area=width * height,
@@ -462,6 +486,6 @@ class DiffusersKontextBackend(EditBackend):
         t = time.perf_counter()
         image = pipe.decode_latents(latents, height, width)
         timings["decode"] = time.perf_counter() - t
-        info = {"loras": lora_entries, "reference_tokens": int(tokens.shape[1]),
+        info = {"loras": lora_entries, "reference_tokens": int(reference[0].shape[1]) if reference else 0,
                 "step_cache": report.step_cache, "acceleration": report.as_dict()}
         return GenerationOutput(image=image, timings=timings, info=info)
