@@ -153,20 +153,34 @@ def build_fidelity(settings: Settings) -> Fidelity | None:
     return AnalysisFidelity(face_model=settings.face_model)
 
 
-def check_weights(settings: Settings) -> None:
+def check_weights(settings: Settings, entry: ModelEntry | None = None) -> None:
     """Fail early when the local weights are missing and cannot be fetched (no model is loaded).
 
     A folder or file that does not exist cannot be downloaded; a hub repo can when downloads are allowed.
+
+    Args:
+        settings: where the weights are configured.
+        entry: the catalogue model (default: Kontext [dev]).
 
     Raises:
         WeightsNotFound: with how to get the weights.
     """
     from kontext_studio.core.weights import locate
 
-    source = model_source(settings)
+    kontext = entry is None or entry.family is Family.KONTEXT
+    source = model_source(settings) if kontext else family_source(settings, entry)  # type: ignore[arg-type]
     status = locate(source, settings.hf_token, download=False)
     if not status.found and (source.kind != "hub" or not settings.allow_download):
-        raise WeightsNotFound(status.message)
+        if kontext:
+            raise WeightsNotFound(status.message)
+        assert entry is not None
+        lic = entry.licence
+        raise WeightsNotFound(
+            f"{entry.title} weights not found: {status.message.split('. To get')[0]}. To get them: "
+            f"{'' if lic.commercial else 'accept the licence on the model page, set HF_TOKEN, '}allow downloads "
+            f"(about {entry.weights.download_gb:g} GB from https://huggingface.co/{entry.weights.hub}), or point "
+            f"--weights / KONTEXT_WEIGHTS at a local folder. Licence: {lic.name} "
+            f"({'commercial use allowed' if lic.commercial else 'non-commercial'}).")
 
 
 def load_engine_libraries() -> None:

@@ -11,8 +11,16 @@ from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.settings import Settings
 
 ModelOpt = Annotated[str | None, typer.Option("--model", metavar="MODEL",
-                                              help="Hub repo id, diffusers folder or single checkpoint file "
-                                                   "(default: KONTEXT_MODEL or the official repo).")]
+                                              help="A model of the catalogue (e.g. black-forest-labs/flux-2-klein-4b "
+                                                   "or klein-4b; see kontext models), or where Kontext [dev]'s "
+                                                   "weights are: hub repo id, diffusers folder or single checkpoint "
+                                                   "file (default: KONTEXT_MODEL or the official repo).")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", metavar="PATH|REPO",
+                                                help="Where the chosen model's weights are: diffusers folder, hub "
+                                                     "repo id or transformer file (default: KONTEXT_WEIGHTS or the "
+                                                     "model's hub repo).")]
+SizeOpt = Annotated[int | None, typer.Option(metavar="PX", help="Exact output size in pixels (give --width and "
+                                             "--height together); wins over --aspect.")]
 BaseOpt = Annotated[str | None, typer.Option("--base", metavar="PATH|REPO",
                                              help="For a single-file checkpoint: folder or repo holding the text "
                                                   "encoders, VAE and configs.")]
@@ -68,3 +76,45 @@ def fidelity_options(guard: float | None, candidates: int | None, pixel_lock: st
                              field="pixel_lock")
     return {"identity_guard": guard, "candidates": candidates or (4 if guard is not None else 1),
             "pixel_lock": lock, "lock_mask": mask}
+
+
+def model_choice(model: str | None) -> tuple[str | None, str | None]:
+    """``--model`` names a catalogue model (or its hub repo), or, as before the catalogue, where Kontext
+    [dev]'s weights are (a folder, a checkpoint file or the Kontext repo).
+
+    Returns:
+        (catalogue name or None, Kontext weights location or None).
+
+    Raises:
+        UnsupportedTier: anything else, listing the catalogue's names.
+    """
+    from kontext_studio.core.catalogue import CATALOGUE, Family
+
+    if model is None:
+        return None, None
+    if CATALOGUE.find(model) is not None:
+        return model, None
+    by_repo = {e.weights.hub.lower(): e for e in CATALOGUE.local() if e.weights.hub}
+    entry = by_repo.get(model.strip().lower())
+    if entry is not None:
+        return (None, model) if entry.family is Family.KONTEXT else (entry.name, None)
+    p = Path(model).expanduser()
+    if p.exists() or p.suffix.lower() in (".safetensors", ".sft") or model.startswith((".", "/", "~")):
+        return None, model
+    CATALOGUE.resolve(model, "model")  # raises, listing the names; other weights go in --weights
+    return None, None
+
+
+def model_settings(entry: Any, kontext_weights: str | None, weights: str | None, base: str | None,
+                   device: str | None, memory_mode: str | None) -> Settings:
+    """Settings with ``--weights`` applied to the catalogue model ``entry`` (Kontext's go in ``model``)."""
+    import dataclasses
+
+    from kontext_studio.core.catalogue import Family
+
+    if weights and entry.family is Family.KONTEXT:
+        kontext_weights = weights
+    settings = settings_for(kontext_weights, base, device, memory_mode)
+    if weights and entry.family is not Family.KONTEXT:
+        settings = dataclasses.replace(settings, weights=(*settings.weights, (entry.key, weights)))
+    return settings

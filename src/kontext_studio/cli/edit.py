@@ -23,7 +23,11 @@ from kontext_studio.cli.common import (
     LockOpt,
     MemoryOpt,
     ModelOpt,
+    SizeOpt,
+    WeightsOpt,
     fidelity_options,
+    model_choice,
+    model_settings,
     references,
     settings_for,
 )
@@ -45,8 +49,8 @@ from kontext_studio.core.resolution import ASPECT_PRESETS
 from kontext_studio.settings import Settings
 
 TIER_NAMES = ", ".join(TIERS)
-# Each hosted candidate is a separate BFL charge: the identity guard tries more seeds there only when asked.
-HOSTED_TIERS = frozenset(name for name, spec in TIERS.items() if not spec.local)
+STRATEGY_HELP = ("How several references reach the model: native (FLUX.2, Qwen: the model takes each; their "
+                 "default), stitch (Kontext's default), offset or index.")
 
 
 def output_format_for(output: Path, given: str | None, format_flag: bool = True) -> str:
@@ -68,12 +72,16 @@ def output_format_for(output: Path, given: str | None, format_flag: bool = True)
     return fmt.value
 
 
-def prepare_engine(settings: Settings, tier: Any) -> Any:
-    """Build the editor for ``tier``: weights located first, then torch and diffusers loaded under a spinner."""
+def prepare_engine(settings: Settings, entry: Any) -> Any:
+    """Build the editor for the catalogue model ``entry`` (or a tier): weights located first, then torch and diffusers
+    loaded under a spinner."""
     from kontext_studio.bootstrap import build_editor, check_weights, load_engine_libraries
+    from kontext_studio.core.catalogue import ModelEntry, get_model
 
-    if tier.local:
-        check_weights(settings)
+    if not isinstance(entry, ModelEntry):  # a tier
+        entry = get_model(entry.name)
+    if entry.local:
+        check_weights(settings, entry)
         with loading("loading torch and diffusers"):
             load_engine_libraries()
     return build_editor(settings, on_status=status_line)
@@ -104,21 +112,26 @@ def report(result: Any, path: Path, as_json: bool) -> None:
 
 @handles_errors
 def edit(
-    inputs: Annotated[list[str], typer.Argument(help="Reference image(s) (1-4), then the instruction in quotes.",
-                                                metavar="IMG... INSTRUCTION", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Reference image(s), then the instruction in quotes; the "
+                                                "instruction alone generates an image (on models that can, see "
+                                                "kontext models).", metavar="[IMG...] INSTRUCTION",
+                                                show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE",
                                          help="Output file (.png, .jpg or .webp).")],
-    tier: Annotated[str, typer.Option(metavar="TIER", help=f"One of {TIER_NAMES}.")] = "dev",
+    tier: Annotated[str, typer.Option(metavar="TIER", help=f"One of {TIER_NAMES} (Kontext); --model names any "
+                                      "model.")] = "dev",
     aspect: Annotated[str, typer.Option(metavar="RATIO", help="match_input_image or W:H, e.g. "
                                         + ", ".join(ASPECT_PRESETS))] = "match_input_image",
+    width: SizeOpt = None,
+    height: SizeOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed (random when omitted; the one used is printed).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (tier default: 28 for dev and fast).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance (default 2.5).")] = None,
     lora: Annotated[list[str] | None, typer.Option(metavar="FILE[:WEIGHT]",
                                                    help="LoRA file, optionally with its weight; repeatable.")]
     = None,
-    strategy: Annotated[str, typer.Option(metavar="stitch|offset|index",
-                                          help="How several references reach the model.")] = "stitch",
+    strategy: Annotated[str | None, typer.Option(metavar="native|stitch|offset|index", help=STRATEGY_HELP)]
+    = None,
     role: Annotated[list[str] | None, typer.Option(metavar="ROLE", help="Role per image in order: subject, "
                                                    "garment, style, background, object; repeatable.")] = None,
     geometry: Annotated[str, typer.Option(metavar="lock|native", help="lock: exactly the input size or ratio; "
@@ -138,29 +151,35 @@ def edit(
     acceleration: Annotated[str | None, typer.Option(help="dev/fast: stock, lossless or fast (default: the "
                                                      "tier's).")] = None,
     model: ModelOpt = None,
+    weights: WeightsOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
     memory_mode: MemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Edit one or more reference images with an instruction."""
+    """Edit one or more reference images with an instruction (or, with the instruction alone, generate one)."""
     from kontext_studio.core.preflight import preflight
     from kontext_studio.core.types import EditRequest, LoraSpec
 
-    if len(inputs) < 2:
+    if not inputs or (len(inputs) == 1 and Path(inputs[0]).is_file()):
         raise InvalidRequest('give at least one image and an instruction: kontext edit photo.jpg "make it snowy" '
-                             "-o out.png", field="instruction")
+                             '-o out.png (or the instruction alone to generate: kontext edit "a red fox" -o fox.png)',
+                             field="instruction")
     *images, instruction = inputs
+    name, kontext_weights = model_choice(model)
     request = EditRequest(
-        references=references(images, role), instruction=instruction, tier=tier, aspect_ratio=aspect, seed=seed,
+        references=references(images, role), instruction=instruction, tier=tier, model=name, width=width,
+        height=height, aspect_ratio=aspect, seed=seed,
         steps=steps, guidance=guidance, loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy,
         geometry=geometry, output_format=output_format_for(output, output_format), check_references=check,
         safety_tolerance=safety_tolerance, prompt_upsampling=prompt_upsampling, draft=draft, acceleration=acceleration,
-        **fidelity_options(identity_guard, candidates if candidates or tier.lower() not in HOSTED_TIERS else 1,
-                           pixel_lock),
+        **fidelity_options(identity_guard, candidates, pixel_lock),
     )
+    if candidates is None and not request.entry().local:  # each hosted candidate is a separate BFL charge
+        request.candidates = 1
     checked = preflight(request)
-    editor = prepare_engine(settings_for(model, base, device, memory_mode), checked.tier)
+    settings = model_settings(checked.entry, kontext_weights, weights, base, device, memory_mode)
+    editor = prepare_engine(settings, checked.entry)
     with progress_bars() as on_progress:
         result = editor.edit(request, on_progress=on_progress)
     report(result, result.save(output), as_json)
@@ -194,14 +213,15 @@ def series(
     guidance: Annotated[float | None, typer.Option(help="Guidance.")] = None,
     lora: Annotated[list[str] | None, typer.Option(metavar="FILE[:WEIGHT]", help="LoRA file; repeatable.")]
     = None,
-    strategy: Annotated[str, typer.Option(metavar="stitch|offset|index", help="How several references reach "
-                                          "the model.")] = "stitch",
+    strategy: Annotated[str | None, typer.Option(metavar="native|stitch|offset|index", help=STRATEGY_HELP)]
+    = None,
     role: Annotated[list[str] | None, typer.Option(metavar="ROLE", help="Role per reference, in order.")] = None,
     identity_guard: GuardOpt = None,
     candidates: CandidatesOpt = None,
     pixel_lock: LockOpt = "auto",
     check: CheckOpt = True,
     model: ModelOpt = None,
+    weights: WeightsOpt = None,
     base: BaseOpt = None,
     device: DeviceOpt = None,
     memory_mode: MemoryOpt = None,
@@ -218,8 +238,9 @@ def series(
     if not instructions:
         raise InvalidRequest(f"prompts: {prompts} has no instructions (one per line, # for comments)",
                              field="prompts")
+    name, kontext_weights = model_choice(model)
     request = EditRequest(
-        references=references(refs, role), instruction=instructions[0], tier=tier,
+        references=references(refs, role), instruction=instructions[0], tier=tier, model=name,
         aspect_ratio=aspect, seed=seed, steps=steps, guidance=guidance,
         loras=[LoraSpec.parse(x) for x in lora or []], strategy=strategy, check_references=check,
         **fidelity_options(identity_guard, candidates, pixel_lock),
@@ -227,7 +248,8 @@ def series(
     for text in instructions:
         request.replace(instruction=text).validate()
     checked = preflight(request)
-    editor = prepare_engine(settings_for(model, base, device, memory_mode), checked.tier)
+    settings = model_settings(checked.entry, kontext_weights, weights, base, device, memory_mode)
+    editor = prepare_engine(settings, checked.entry)
     with progress_bars() as on_progress:
         res = editor.series(request, instructions, on_progress=on_progress)
     output.mkdir(parents=True, exist_ok=True)
@@ -269,14 +291,19 @@ def replay(
     import numpy as np
     from PIL import Image
 
+    from kontext_studio.core.catalogue import Family, get_model
     from kontext_studio.core.recipe import read_recipe
-    from kontext_studio.core.registry import get_tier
 
     recipe = read_recipe(image)
     target = output or image.with_name(f"{image.stem}.replay{image.suffix}")
     output_format_for(target, recipe.get("output_format"))
-    settings = settings_for(model or recipe.get("model", {}).get("source"), base, device, memory_mode)
-    editor = prepare_engine(settings, get_tier(str(recipe.get("tier", "dev"))))
+    entry = get_model(str(recipe.get("model_name") or recipe.get("tier", "dev")), "tier")
+    recorded = (recipe.get("model") or {}).get("source")  # where the weights were
+    if entry.local and entry.family is not Family.KONTEXT:
+        settings = model_settings(entry, None, model or recorded, base, device, memory_mode)
+    else:
+        settings = settings_for(model or recorded, base, device, memory_mode)
+    editor = prepare_engine(settings, entry)
     with progress_bars() as on_progress:
         result, _ = editor.replay(image, references=ref, on_progress=on_progress)
     result.save(target)
@@ -297,6 +324,8 @@ EDIT_EXAMPLES = examples(
     'kontext edit woman.jpg suit.jpg "she wears the navy suit from the second image" -o out.jpg '
     "--role subject --role garment",
     'kontext edit photo.jpg "as an oil painting" -o art.webp --tier fast --seed 7',
+    'kontext edit a.jpg b.jpg c.jpg "the three of them at a cafe" -o cafe.png --model klein-4b',
+    'kontext edit "a red fox in the snow, studio light" -o fox.png --model flux-2-klein-4b --width 1200 --height 800',
 )
 SERIES_EXAMPLES = examples("kontext series product.jpg --prompts scenes.txt -o campaign/ --seed 7")
 REPLAY_EXAMPLES = examples("kontext replay beach.png", "kontext replay beach.png --ref moved/photo.jpg -o again.png")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from kontext_studio.cli import admin, analysis, edit, info, plan, quantize, serve, tiny, tools, train, verify
+from kontext_studio.cli import admin, analysis, edit, info, models, plan, quantize, serve, tiny, tools, train, verify
 from kontext_studio.cli.help import examples, plain_help
 from kontext_studio.core.provenance.credentials import provide_content_credentials
 
@@ -56,6 +56,7 @@ def _root(
 edit.register(app)
 analysis.register(app)
 info.register(app)
+models.register(app)
 plan.register(app)
 quantize.register(app)
 serve.register(app)

@@ -92,6 +92,7 @@ class ModelEntry:
         bfl_endpoint: for hosted entries, the BFL route (``flux-2-pro``).
         explicit_size: hosted entries that take ``width``/``height`` instead of an aspect ratio.
         weights_key: local entries sharing one set of weights share one warm pipeline (Kontext dev/fast).
+        min_steps: the fewest steps its scheduler works with.
     """
 
     name: str
@@ -117,6 +118,7 @@ class ModelEntry:
     bfl_endpoint: str | None = None
     explicit_size: bool = False
     weights_key: str = ""
+    min_steps: int = 1
 
     @property
     def local(self) -> bool:
@@ -171,9 +173,10 @@ class ModelEntry:
         if n > self.max_references:
             label = f"tier {self.key}" if self.key in TIERS else f"{self.title} ({self.name})"
             noun = "reference image" if self.max_references == 1 else "reference images"
-            more = sorted({e.max_references for e in ENTRIES if e.max_references >= n})
-            hint = (f"; models taking {n}: {', '.join(e.key for e in ENTRIES if e.max_references >= n)}" if more
-                    else "")
+            takers = [e.key for e in ENTRIES if e.max_references >= n]
+            hint = f"; models taking {n}: {', '.join(takers)}" if takers else ""
+            if self.key in TIERS and n <= TIERS["max"].max_references:
+                hint = "; use --tier max (hosted, up to 4) or dev for several references" + hint
             raise InvalidRequest(
                 f"{field_name}: {label} takes at most {self.max_references} {noun}, got {n}; drop the least "
                 f"important or combine some into one picture{hint}", field=field_name)
@@ -281,7 +284,7 @@ ENTRIES: tuple[ModelEntry, ...] = (
         weights=WeightSources(hub="Qwen/Qwen-Image-Edit-2511", single_file="qwen_image_edit_2511_bf16.safetensors",
                               download_gb=58),
         licence=_APACHE, max_references=3, tasks=frozenset({Task.EDIT}), steps=40, guidance=4.0,
-        price_credits=6, memory_gb=57.0,
+        price_credits=6, memory_gb=57.0, min_steps=2,  # its scheduler's terminal shift needs two steps
         description="Qwen-Image-Edit-2511: a 20B editor with a Qwen2.5-VL encoder that sees the pictures; 1 to 3 "
                     "references natively; strong at text in images.",
         trades="Real classifier-free guidance (two transformer passes per step: about twice the time per "
@@ -348,6 +351,10 @@ class Catalogue:
             UnsupportedTier: (an InvalidRequest) listing every valid name.
         """
         entry = self.find(name)
+        if entry is None and field_name == "tier":
+            others = ", ".join(e.name for e in self.entries if e.key not in TIERS)
+            raise UnsupportedTier(f"tier must be one of {', '.join(TIERS)}; got {name!r} (other models, named with "
+                                  f"model: {others})", field=field_name)
         if entry is None:
             raise UnsupportedTier(f"{field_name} must be one of {', '.join(self.names())} (or a short name: "
                                   f"{', '.join(e.key for e in self.entries)}); got {name!r}", field=field_name)
@@ -359,7 +366,7 @@ class Catalogue:
     def local(self) -> list[ModelEntry]:
         return [e for e in self.entries if e.local]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.entries)
 
 

@@ -29,6 +29,7 @@ from kontext_studio.core.backends.base import (
     PreparedReference,
     RemoteTaskLog,
 )
+from kontext_studio.core.catalogue import Family, ModelEntry, get_model
 from kontext_studio.core.contact_sheet import contact_sheet
 from kontext_studio.core.errors import InvalidRequest, RecipeError, TierNotConfigured
 from kontext_studio.core.fidelity_base import Fidelity
@@ -36,10 +37,8 @@ from kontext_studio.core.images import LoadedImage, load_reference, sha256_image
 from kontext_studio.core.multiref import Placement, placements, stitch
 from kontext_studio.core.preflight import preflight
 from kontext_studio.core.recipe import IPTC_SOURCE_TYPE, RECIPE_SCHEMA, read_recipe
-from kontext_studio.core.catalogue import Family, ModelEntry, get_model
 from kontext_studio.core.registry import TierSpec
 from kontext_studio.core.resolution import GeometryPlan, plan_generate, plan_output, reference_size
-from kontext_studio.core.warm import WarmPool
 from kontext_studio.core.types import (
     MAX_SEED,
     EditRequest,
@@ -50,6 +49,7 @@ from kontext_studio.core.types import (
     Reference,
     Strategy,
 )
+from kontext_studio.core.warm import WarmPool
 
 logger = logging.getLogger("kontext_studio.engine")
 

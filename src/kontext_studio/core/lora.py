@@ -176,7 +176,7 @@ def to_diffusers(state: dict[str, torch.Tensor], info: LoraInfo,
     """
     from diffusers import FluxKontextPipeline
 
-    converter = pipeline_class or FluxKontextPipeline
+    converter: Any = pipeline_class or FluxKontextPipeline
     fmt = info.format
     if fmt in (LoraFormat.DIFFUSERS, LoraFormat.AI_TOOLKIT):
         return state

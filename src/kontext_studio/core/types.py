@@ -162,17 +162,12 @@ class EditRequest:
         """
         entry = self.entry()
         n = len(self.references)
-        if n > MAX_REFERENCES:
-            raise InvalidRequest(
-                f"references: at most {MAX_REFERENCES} reference images are supported, got {n}; "
-                "combine some into one picture or drop the least important",
-                field="references",
-            )
-        entry.check_references(n)
-        if self.strategy is not None and n > 1 and self.strategy.value not in (*entry.strategies, "stitch"):
+        entry.check_references(n)  # the model's own limit (never above MAX_REFERENCES)
+        strategy = None if self.strategy is None else Strategy(self.strategy)
+        if strategy is not None and n > 1 and strategy.value not in (*entry.strategies, "stitch"):
             raise InvalidRequest(
                 f"strategy: {entry.title} takes several references as {' or '.join(entry.strategies)} (or stitch: "
-                f"side by side in one picture); got {self.strategy.value!r}", field="strategy")
+                f"side by side in one picture); got {strategy.value!r}", field="strategy")
         for name, value in (("width", self.width), ("height", self.height)):
             if value is not None and (isinstance(value, bool) or not 64 <= int(value) <= 4096):
                 raise InvalidRequest(f"{name} must be between 64 and 4096 pixels, got {value!r}", field=name)
@@ -204,8 +199,9 @@ class EditRequest:
             )
         if self.seed is not None and not (0 <= int(self.seed) <= MAX_SEED):
             raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}, got {self.seed}", field="seed")
-        if self.steps is not None and not (1 <= int(self.steps) <= MAX_STEPS):
-            raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}", field="steps")
+        if self.steps is not None and not (entry.min_steps <= int(self.steps) <= MAX_STEPS):
+            raise InvalidRequest(f"steps must be between {entry.min_steps} and {MAX_STEPS} for {entry.title}, got "
+                                 f"{self.steps}", field="steps")
         if self.guidance is not None and not (0.0 <= float(self.guidance) <= 20.0):
             raise InvalidRequest(
                 f"guidance must be between 0 and 20 (Kontext default 2.5), got {self.guidance}",

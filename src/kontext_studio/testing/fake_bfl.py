@@ -37,7 +37,8 @@ from PIL import Image
 BFL_SIZES = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
              (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
              (1456, 720), (1504, 688), (1568, 672))
-COSTS = {"flux-kontext-pro": 4.0, "flux-kontext-max": 8.0}  # BFL credits per image, as BFL reports them
+COSTS = {"flux-kontext-pro": 4.0, "flux-kontext-max": 8.0,
+         "flux-2-pro": 3.0, "flux-2-flex": 5.0, "flux-2-max": 7.0}  # BFL credits per image, as BFL reports them
 
 
 @dataclass
@@ -265,7 +266,7 @@ def _check_body(body: Any) -> str | None:
     """BFL's validation of the documented fields (422 with a detail, like BFL)."""
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
         return "prompt: field required"
-    for name in ("input_image", "input_image_2", "input_image_3", "input_image_4"):
+    for name in ("input_image", *(f"input_image_{i}" for i in range(2, 9))):
         value = body.get(name)
         if value is None:
             continue
@@ -278,6 +279,13 @@ def _check_body(body: Any) -> str | None:
         return "safety_tolerance: must be between 0 and 6"
     if body.get("output_format", "png") not in ("png", "jpeg"):
         return "output_format: must be jpeg or png"
+    width, height = body.get("width"), body.get("height")
+    if width is not None or height is not None:  # FLUX.2: exact size, multiples of 16, at most 4 MP
+        if (not (isinstance(width, int) and isinstance(height, int)) or min(width, height) < 64
+                or width % 16 or height % 16):
+            return "width, height: multiples of 16, at least 64"
+        if width * height > 4_000_000:
+            return "width x height: at most 4 megapixels"
     ratio = body.get("aspect_ratio")
     if ratio is not None:
         try:
@@ -290,14 +298,22 @@ def _check_body(body: Any) -> str | None:
 
 
 def render(body: dict[str, Any], scale: float = 1.0) -> Image.Image:
-    """The fake's "edit": the first input at BFL's ~1 MP size for the ratio asked for, tinted by the seed."""
-    first = Image.open(io.BytesIO(base64.b64decode(body["input_image"]))).convert("RGB")
-    if body.get("aspect_ratio"):
+    """The fake's "edit": the first input at BFL's ~1 MP size for the ratio asked for (FLUX.2: the exact width
+    and height; grey when there is no input), tinted by the seed."""
+    if body.get("input_image"):
+        first = Image.open(io.BytesIO(base64.b64decode(body["input_image"]))).convert("RGB")
+    else:
+        first = Image.new("RGB", (int(body.get("width") or 1024), int(body.get("height") or 1024)), (128, 128, 128))
+    if body.get("width") and body.get("height"):
+        ratio = body["width"] / body["height"]
+    elif body.get("aspect_ratio"):
         w, h = (int(p) for p in str(body["aspect_ratio"]).split(":"))
         ratio = w / h
     else:
         ratio = first.width / first.height
     size = min(BFL_SIZES, key=lambda s: abs(s[0] / s[1] - ratio))
+    if body.get("width") and body.get("height"):
+        size = (int(body["width"]), int(body["height"]))
     size = (max(16, int(size[0] * scale)), max(16, int(size[1] * scale)))
     pixels = np.asarray(first.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
     tint = np.random.default_rng(int(body.get("seed") or 0) % 2**32).integers(-24, 25, size=3, dtype=np.int16)

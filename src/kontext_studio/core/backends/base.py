@@ -108,7 +108,7 @@ class EditBackend(ABC):
     def model_info(self) -> dict[str, Any]:
         """Model source, revision or file hash, device, dtype: the recipe's ``model`` section."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional: only backends that hold a model override it
         """Free the loaded model (the engine's warm pool evicted it); the next edit loads it again."""
 
     def estimated_bytes(self) -> int | None:

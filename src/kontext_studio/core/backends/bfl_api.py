@@ -51,9 +51,15 @@ from kontext_studio.core.resolution import MAX_RATIO, MIN_RATIO, parse_aspect_ra
 logger = logging.getLogger("kontext_studio.bfl_api")
 
 DEFAULT_BASE_URL = "https://api.bfl.ai"
-ENDPOINTS = {"pro": "flux-kontext-pro", "max": "flux-kontext-max"}
-IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
-MAX_IMAGES = {"pro": 1, "max": 4}
+ENDPOINTS = {"pro": "flux-kontext-pro", "max": "flux-kontext-max", "flux2-pro": "flux-2-pro",
+             "flux2-flex": "flux-2-flex", "flux2-max": "flux-2-max"}
+IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4", "input_image_5", "input_image_6",
+                "input_image_7", "input_image_8")
+MAX_IMAGES = {"pro": 1, "max": 4, "flux2-pro": 8, "flux2-flex": 8, "flux2-max": 8}
+# FLUX.2 takes an exact width and height (multiples of 16, up to 4 MP) instead of an aspect ratio.
+EXPLICIT_SIZE = frozenset({"flux2-pro", "flux2-flex", "flux2-max"})
+FLUX2_MAX_PIXELS = 4_000_000
+FLUX2_MULTIPLE = 16
 # BFL accepts images up to 20 MB; its model works at about 1 MP, so more than 2 MP only costs upload time.
 MAX_INPUT_PIXELS = 2_000_000
 MAX_INPUT_BYTES = 20 * 2**20
@@ -186,6 +192,14 @@ def request_key(endpoint: str, payload: dict[str, Any]) -> str:
     """The name of one exact request (endpoint + canonical body): equal requests share a task."""
     blob = json.dumps({"endpoint": endpoint, "body": payload}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def flux2_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The width and height sent to FLUX.2: multiples of 16, at most 4 MP, the ratio kept."""
+    w, h = size
+    scale = min(1.0, (FLUX2_MAX_PIXELS / (w * h)) ** 0.5)
+    return (max(FLUX2_MULTIPLE, int(w * scale) // FLUX2_MULTIPLE * FLUX2_MULTIPLE),
+            max(FLUX2_MULTIPLE, int(h * scale) // FLUX2_MULTIPLE * FLUX2_MULTIPLE))
 
 
 def role_clause(roles: list[str | None]) -> str:
@@ -365,12 +379,13 @@ class BflApiBackend(EditBackend):
             raise InvalidRequest("loras: the hosted tiers (pro, max) cannot apply LoRAs; use --tier dev or fast "
                                  "for LoRAs", field="loras")
         n, most = len(plan.references), MAX_IMAGES[plan.tier]
-        if not 1 <= n <= most:
+        least = 0 if plan.tier in EXPLICIT_SIZE else 1  # FLUX.2 also generates from text alone
+        if not least <= n <= most:
             raise InvalidRequest(
                 f"references: Kontext [{plan.tier}] on BFL takes {'exactly 1' if most == 1 else f'1 to {most}'} "
                 f"reference image(s), got {n}; use --tier max for several references", field="references")
         warnings: list[str] = []
-        clause = role_clause(plan.roles) if plan.tier == "max" else ""
+        clause = role_clause(plan.roles) if plan.tier in ("max", *EXPLICIT_SIZE) and n > 1 else ""
         prompt = f"{clause} {plan.instruction}".strip()
         body: dict[str, Any] = {"prompt": prompt}
         sent: list[dict[str, Any]] = []
@@ -381,10 +396,20 @@ class BflApiBackend(EditBackend):
                          "role": plan.roles[i] if i < len(plan.roles) else None})
             if warning:
                 warnings.append(warning)
-        aspect, warning = bfl_aspect_ratio(plan.aspect_ratio, plan.references[0].image.size)
-        if warning:
-            warnings.append(warning)
-        body["aspect_ratio"] = aspect
+        size_facts: dict[str, Any]
+        if plan.tier in EXPLICIT_SIZE:
+            width, height = flux2_size(plan.output_size or plan.model_size)
+            body["width"], body["height"] = width, height
+            size_facts = {"width": width, "height": height}
+            if plan.tier == "flux2-flex":
+                body["steps"], body["guidance"] = int(plan.steps), float(plan.guidance)
+                size_facts.update(steps=body["steps"], guidance=body["guidance"])
+        else:
+            aspect, warning = bfl_aspect_ratio(plan.aspect_ratio, plan.references[0].image.size)
+            if warning:
+                warnings.append(warning)
+            body["aspect_ratio"] = aspect
+            size_facts = {"aspect_ratio": aspect}
         body["seed"] = int(plan.seed)
         # BFL returns png or jpeg; webp is written from the png here.
         body["output_format"] = "jpeg" if plan.output_format == "jpeg" else "png"
@@ -392,7 +417,7 @@ class BflApiBackend(EditBackend):
             body["safety_tolerance"] = int(plan.safety_tolerance)
         body["prompt_upsampling"] = bool(plan.prompt_upsampling)
         facts = {"provider": "bfl", "base_url": self.base_url, "endpoint": endpoint, "prompt": prompt,
-                 "role_clause": clause or None, "aspect_ratio": aspect, "output_format": body["output_format"],
+                 "role_clause": clause or None, **size_facts, "output_format": body["output_format"],
                  "safety_tolerance": body.get("safety_tolerance", 2),
                  "prompt_upsampling": body["prompt_upsampling"], "input_images": sent}
         return endpoint, body, facts, warnings

@@ -28,11 +28,11 @@ from kontext_studio.core.backends.base import (
     ProgressFn,
 )
 from kontext_studio.core.backends.diffusers_kontext import (
+    _LRU,
     PROMPT_CACHE_SIZE,
     REFERENCE_CACHE_SIZE,
     DiffusersKontextBackend,
     LoraSlots,
-    _LRU,
     release_pipeline,
 )
 from kontext_studio.core.catalogue import ModelEntry
@@ -83,27 +83,27 @@ class CachingMixin:
         key = self._reference_keys.pop(0) if self._reference_keys else None
         parent = super()._encode_vae_image  # type: ignore[misc]
         if key is None:
-            return parent(image=image, generator=generator)  # type: ignore[no-any-return]
+            return parent(image=image, generator=generator)
 
         def make() -> torch.Tensor:
             self.stats["reference_encodes"] += 1
-            return parent(image=image, generator=generator)  # type: ignore[no-any-return]
+            return parent(image=image, generator=generator)
 
         value, _hit = self._latent_cache.get_or((key, tuple(image.shape), str(image.dtype)), make)
-        return value  # type: ignore[no-any-return]
+        return value
 
     def clear_caches(self) -> None:
         self._prompt_cache.clear()
         self._latent_cache.clear()
 
 
-def pipeline_class(entry: ModelEntry) -> type:
+def pipeline_class(entry: ModelEntry) -> Any:
     """The stock diffusers class of ``entry`` (``Flux2KleinPipeline`` ...)."""
     import diffusers
 
     if entry.pipeline is None:
         raise ValueError(f"{entry.name} is hosted: it has no local pipeline")
-    return getattr(diffusers, entry.pipeline)  # type: ignore[no-any-return]
+    return getattr(diffusers, entry.pipeline)
 
 
 def load_pipeline(entry: ModelEntry, status: WeightsStatus, dtype: torch.dtype, *, token: str | None = None,

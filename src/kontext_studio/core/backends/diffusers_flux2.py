@@ -19,34 +19,34 @@ from kontext_studio.core.backends.base import GenerationPlan
 from kontext_studio.core.backends.diffusers_family import CachingMixin, DiffusersFamilyBackend
 
 
-class KleinEditPipeline(CachingMixin, Flux2KleinPipeline):  # type: ignore[misc]
+class KleinEditPipeline(CachingMixin, Flux2KleinPipeline):
     """``Flux2KleinPipeline`` with cached prompt embeddings and reference latents."""
 
     def encode_prompt(self, prompt: Any, device: Any = None, num_images_per_prompt: int = 1,
                       prompt_embeds: torch.Tensor | None = None, max_sequence_length: int = 512,
                       text_encoder_out_layers: tuple[int, ...] = (9, 18, 27)) -> tuple[torch.Tensor, torch.Tensor]:
         if prompt_embeds is not None or num_images_per_prompt != 1:
-            return super().encode_prompt(prompt, device, num_images_per_prompt, prompt_embeds,  # type: ignore[no-any-return]
+            return super().encode_prompt(prompt, device, num_images_per_prompt, prompt_embeds,
                                          max_sequence_length, text_encoder_out_layers)
         key = (str(prompt), max_sequence_length, tuple(text_encoder_out_layers), str(device))
         # The text encoder sees only the text: the cache key need not include the references.
         self._prompt_context = ()
-        return self.cached_prompt(key, lambda: super(KleinEditPipeline, self).encode_prompt(  # type: ignore[no-any-return]
+        return self.cached_prompt(key, lambda: super(KleinEditPipeline, self).encode_prompt(
             prompt, device, 1, None, max_sequence_length, text_encoder_out_layers))
 
 
-class Flux2EditPipeline(CachingMixin, Flux2Pipeline):  # type: ignore[misc]
+class Flux2EditPipeline(CachingMixin, Flux2Pipeline):
     """``Flux2Pipeline`` with cached prompt embeddings and reference latents."""
 
     def encode_prompt(self, prompt: Any, device: Any = None, num_images_per_prompt: int = 1,
                       prompt_embeds: torch.Tensor | None = None, max_sequence_length: int = 512,
                       text_encoder_out_layers: tuple[int, ...] = (10, 20, 30)) -> tuple[torch.Tensor, torch.Tensor]:
         if prompt_embeds is not None or num_images_per_prompt != 1:
-            return super().encode_prompt(prompt, device, num_images_per_prompt, prompt_embeds,  # type: ignore[no-any-return]
+            return super().encode_prompt(prompt, device, num_images_per_prompt, prompt_embeds,
                                          max_sequence_length, text_encoder_out_layers)
         key = (str(prompt), max_sequence_length, tuple(text_encoder_out_layers), str(device))
         self._prompt_context = ()
-        return self.cached_prompt(key, lambda: super(Flux2EditPipeline, self).encode_prompt(  # type: ignore[no-any-return]
+        return self.cached_prompt(key, lambda: super(Flux2EditPipeline, self).encode_prompt(
             prompt, device, 1, None, max_sequence_length, text_encoder_out_layers))
 
 

@@ -28,7 +28,7 @@ STOCK_RESOLUTION = 1024
 _SIZES_LOCK = threading.Lock()
 
 
-class QwenEditPipeline(CachingMixin, QwenImageEditPlusPipeline):  # type: ignore[misc]
+class QwenEditPipeline(CachingMixin, QwenImageEditPlusPipeline):
     """``QwenImageEditPlusPipeline`` with cached prompt embeddings and reference latents."""
 
     def encode_prompt(self, prompt: Any, image: Any = None, device: Any = None, num_images_per_prompt: int = 1,
@@ -36,10 +36,10 @@ class QwenEditPipeline(CachingMixin, QwenImageEditPlusPipeline):  # type: ignore
                       max_sequence_length: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         parent = super().encode_prompt
         if prompt_embeds is not None or num_images_per_prompt != 1 or not self._prompt_context:
-            return parent(prompt, image, device, num_images_per_prompt, prompt_embeds,  # type: ignore[no-any-return]
+            return parent(prompt, image, device, num_images_per_prompt, prompt_embeds,
                           prompt_embeds_mask, max_sequence_length)
         key = (str(prompt), max_sequence_length, str(device))
-        return self.cached_prompt(key, lambda: parent(prompt, image, device, 1, None, None,  # type: ignore[no-any-return]
+        return self.cached_prompt(key, lambda: parent(prompt, image, device, 1, None, None,
                                                       max_sequence_length))
 
 

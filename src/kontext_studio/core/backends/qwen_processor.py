@@ -22,7 +22,7 @@ def _video_free_class() -> type:
     from transformers import Qwen2VLProcessor
     from transformers.processing_utils import ProcessorMixin
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):  # type: ignore[misc]
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
         """``Qwen2VLProcessor`` with an image processor and a tokenizer only."""
 
         def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
