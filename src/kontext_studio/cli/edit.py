@@ -114,7 +114,7 @@ def report(result: Any, path: Path, as_json: bool) -> None:
 def edit(
     inputs: Annotated[list[str], typer.Argument(help="Reference image(s), then the instruction in quotes; the "
                                                 "instruction alone generates an image (on models that can, see "
-                                                "kontext models).", metavar="[IMG...] INSTRUCTION",
+                                                "kontext models).", metavar="IMG... INSTRUCTION",
                                                 show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE",
                                          help="Output file (.png, .jpg or .webp).")],

@@ -40,6 +40,8 @@ def catalogue_rows(settings: Settings) -> list[dict[str, Any]]:
             row["ready"] = status.found
             if status.found:
                 row["status"] = f"ready: {status.path}" + (" (random test weights)" if status.random_weights else "")
+            elif entry.family is Family.KONTEXT:
+                row["status"] = f"weights missing: {status.message}"
             else:
                 lic = entry.licence
                 gated = "" if lic.commercial else "accept the licence on the model page, set HF_TOKEN, "
