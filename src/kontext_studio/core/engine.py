@@ -167,11 +167,11 @@ class Editor:
         """
         entry = self._entry(model)
         names = self._names(entry)
-        for name in names:
-            if name in self._backends:
+        for known in names:
+            if known in self._backends:
                 if entry.local:
-                    self.warm.touch(name)
-                return self._backends[name]
+                    self.warm.touch(known)
+                return self._backends[known]
         name = next((n for n in names if n in self._factories), None)
         if name is not None:
             with self._build_lock:

@@ -12,9 +12,9 @@ from typing import Any
 
 from PIL import Image
 
+from kontext_studio.core.catalogue import ModelEntry
 from kontext_studio.core.errors import InvalidRequest, LoraError
 from kontext_studio.core.images import LoadedImage, load_reference
-from kontext_studio.core.catalogue import ModelEntry
 from kontext_studio.core.registry import TierSpec
 from kontext_studio.core.types import EditRequest, Reference
 
