@@ -61,7 +61,7 @@ def build_editor(settings: Settings, on_status: Callable[[str], None] | None = N
     install_content_credentials(settings)
     factories: dict[str, Callable[[], EditBackend]] = {"diffusers": diffusers_backend}
     for entry in catalogue(settings).local():
-        if entry.family is not Family.KONTEXT:
+        if entry.family is not Family.KONTEXT and family_available(settings, entry):
             factories[entry.key] = functools.partial(family_backend, settings, entry, on_status)
     if settings.bfl_api_key:
         factories["bfl_api"] = lambda: bfl_backend(settings)
@@ -78,6 +78,16 @@ def family_source(settings: Settings, entry: ModelEntry) -> ModelSource:
     """Where ``entry``'s weights are: ``KONTEXT_WEIGHTS`` for it, else its hub repo."""
     where = settings.weights_for(entry.name, entry.short_name, entry.key)
     return ModelSource.parse(where or entry.weights.hub, base=entry.weights.hub)
+
+
+def family_available(settings: Settings, entry: ModelEntry) -> bool:
+    """Whether this installation offers ``entry``: its weights are configured (``KONTEXT_WEIGHTS``), already on
+    this machine, or may be downloaded on first use. Nothing is loaded or downloaded here."""
+    from kontext_studio.core.weights import locate
+
+    if settings.weights_for(entry.name, entry.short_name, entry.key) or settings.allow_download:
+        return True
+    return locate(family_source(settings, entry), settings.hf_token, download=False).found
 
 
 def family_backend(settings: Settings, entry: ModelEntry,

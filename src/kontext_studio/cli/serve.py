@@ -50,20 +50,30 @@ def serve(
 
 @handles_errors
 def worker(hostname: Annotated[str | None, typer.Option(metavar="NAME", help="Celery worker name (default: host "
-                                                        "based).")] = None) -> None:
+                                                        "based).")] = None,
+           models: Annotated[str | None, typer.Option("--models", metavar="MODEL,...",
+                                                      help="Catalogue models this worker serves, comma separated "
+                                                           "(e.g. klein-4b,qwen-edit): it takes only their queue "
+                                                           "and loads them at start. Default: Kontext and the "
+                                                           "hosted models.")] = None) -> None:
     """Run one Celery worker (one per GPU, concurrency 1) that executes queued jobs on the warm engine.
 
     Needs KONTEXT_BROKER_URL and KONTEXT_DATABASE_URL (PostgreSQL), and KONTEXT_HOME on storage shared with
     the API server.
     """
+    from kontext_studio.core.catalogue import CATALOGUE
     from kontext_studio.service.jobs.dispatch_celery import run_worker
     from kontext_studio.service.server import celery_app
 
-    run_worker(celery_app(Settings.from_env()), hostname=hostname)
+    names = [m.strip() for m in (models or "").split(",") if m.strip()]
+    for name in names:
+        CATALOGUE.resolve(name, "models")  # an unknown name is refused before the worker starts
+    run_worker(celery_app(Settings.from_env()), hostname=hostname, models=names or None)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``serve`` and ``worker`` to ``app``."""
     app.command(epilog=examples("kontext serve", "kontext serve --fake-backend",
                                 "kontext serve --host 0.0.0.0 --port 8080 --model ./kontext-dev"))(serve)
-    app.command(epilog=examples("KONTEXT_BROKER_URL=redis://localhost:6379/0 kontext worker"))(worker)
+    app.command(epilog=examples("KONTEXT_BROKER_URL=redis://localhost:6379/0 kontext worker",
+                                "kontext worker --models klein-4b,qwen-edit   (one GPU for these two)"))(worker)

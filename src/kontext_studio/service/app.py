@@ -75,7 +75,7 @@ def build_app(services: Services) -> FastAPI:
 
 def _include_factory_routers(app: FastAPI, services: Services) -> None:
     """Routers built from their parts (admin settings, library, content-credential conversions, free tools)."""
-    from kontext_studio.service.admin import BFL_KEY, SqlServerSettings, install_bfl_key
+    from kontext_studio.service.admin import BFL_KEY, install_bfl_key
     from kontext_studio.service.api.admin_settings import admin_settings_router
     from kontext_studio.service.api.credentials import credentials_router
     from kontext_studio.service.api.deps import base_of, current_user

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from typing import Any
 
+from kontext_studio.core.catalogue import CATALOGUE
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import KontextError
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
@@ -78,7 +79,8 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
     policy = SubmitPolicy(free=opts.free, max_active_per_user=opts.max_active_per_user,
                           allow_http_webhooks=opts.allow_http_webhooks, webhook_policy=opts.webhook_policy,
                           image_urls=opts.image_urls, dispatcher=opts.dispatcher,
-                          limiter=RateLimiter(opts.rate_limit, 60.0))
+                          limiter=RateLimiter(opts.rate_limit, 60.0),
+                          catalogue=CATALOGUE.with_prices(dict(opts.prices)) if opts.prices else CATALOGUE)
     predictions = PredictionService(jobs, files, storage, editor, signer, policy)
     base_url = opts.public_url.rstrip("/")
     outbox = WebhookOutbox(
@@ -115,7 +117,7 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
         predictions=predictions, files=FileService(storage, files, signer),
         edit_sessions=EditSessions(sessions, predictions),
         series=SeriesService(sessions, accounts, predictions, opts.free),
-        models=ModelCatalogue(editor, opts.free),
+        models=ModelCatalogue(editor, opts.free, policy.catalogue),
         training=TrainingService(training_store, runner, storage,
                                  unavailable=TRAINING_NEEDS_LOCAL if opts.dispatcher is not None else None,
                                  accounts=accounts),

@@ -52,6 +52,7 @@ class ServiceOptions:
         image_urls: accept image URLs in inputs through this SSRF-guarded fetcher (None: refused).
         training_dir: LoRA training's work folder.
         max_json_body: cap on JSON request bodies in bytes (413 above it, before parsing).
+        prices: credit prices replacing the model catalogue's (``KONTEXT_PRICES``), by any model name.
     """
 
     free: bool = False
@@ -67,6 +68,7 @@ class ServiceOptions:
     image_urls: ImageFetcher | None = None
     training_dir: Path | None = None
     max_json_body: int = 64 * 2**20  # four 12 MB images inline as base64, with room
+    prices: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass

@@ -14,17 +14,18 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from kontext_studio.core.catalogue import get_model
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.images import load_reference
-from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditRequest, Reference
 from kontext_studio.service.security.text import check_text, check_tree
 from kontext_studio.service.security.uploads import sniff_image, strip_private_metadata
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.training.loras import lora_specs
 
-IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
-KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "output_format", "safety_tolerance",
+# BFL's names: input_image, input_image_2 ... input_image_8 (FLUX.2 takes eight; each model has its own limit).
+IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
+KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "width", "height", "output_format", "safety_tolerance",
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
                 "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras", "num_outputs"}
 MAX_OUTPUTS = 4
@@ -124,8 +125,11 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
         check_text(raw["prompt"], "prompt")
     body = {k: v for k, v in raw.items() if k not in IMAGE_FIELDS and v is not None}
     images = [raw.get(f) for f in IMAGE_FIELDS]
-    if not images[0]:
-        raise InvalidRequest("input_image: the reference image is required", field="input_image")
+    entry = get_model(tier, "model")
+    if not images[0] and (any(images) or not entry.can_generate):
+        raise InvalidRequest(f"input_image: the reference image is required ({entry.title} edits a picture; models "
+                             "that generate from the prompt alone are listed at /v1/models)", field="input_image")
+    entry.check_references(sum(1 for v in images if v), "input_image")  # before anything is stored
     body["images"] = [_decode_image(v, f, storage, owns_file, fetch_url, on_stored)
                       for f, v in zip(IMAGE_FIELDS, images, strict=True) if v]
     if body.get("lock_mask"):
@@ -153,7 +157,7 @@ def num_outputs(body: dict[str, Any], tier: str | None = None) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_OUTPUTS:
         raise InvalidRequest(f"num_outputs must be a whole number from 1 to {MAX_OUTPUTS}; got {raw!r}",
                              field="num_outputs")
-    if raw > 1 and tier is not None and not get_tier(tier).local:
+    if raw > 1 and tier is not None and not get_model(tier).local:
         raise InvalidRequest(f"num_outputs: the hosted model {tier} makes one picture per run; send 1, or ask a local "
                              "model for variations", field="num_outputs")
     return int(raw)
@@ -161,7 +165,7 @@ def num_outputs(body: dict[str, Any], tier: str | None = None) -> int:
 
 def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bool = False) -> EditRequest:
     """The EditRequest a stored input describes (images read from storage unless ``check_only``)."""
-    get_tier(tier)
+    get_model(tier, "model")
     roles = body.get("roles") or []
     if not isinstance(roles, list):
         raise InvalidRequest("roles: give a list, one role per image", field="roles")
@@ -171,9 +175,11 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
         return EditRequest(
             references=refs, instruction=str(body.get("prompt") or ""), tier=tier,
             aspect_ratio=str(body.get("aspect_ratio") or "match_input_image"),
+            width=_int(body, "width"), height=_int(body, "height"),
             seed=_int(body, "seed"), steps=_int(body, "num_inference_steps"),
             guidance=_float(body, "guidance"), output_format=str(body.get("output_format") or "png"),
-            strategy=str(body.get("strategy") or "stitch"), geometry=str(body.get("geometry") or "lock"),
+            strategy=str(body["strategy"]) if body.get("strategy") else None,
+            geometry=str(body.get("geometry") or "lock"),
             identity_guard=_float(body, "identity_guard"), candidates=_candidates(body),
             pixel_lock=str(body.get("pixel_lock") or "auto"),
             lock_mask=_mask(body.get("lock_mask"), storage, check_only),

@@ -1,4 +1,5 @@
-"""The BFL-compatible shim: ``POST /v1/flux-kontext-{tier}`` with ``x-key`` → ``{id, polling_url}``, and
+"""The BFL-compatible shim: ``POST /v1/flux-kontext-{tier}`` (and ``/v1/<model>`` for every other catalogue model,
+e.g. ``/v1/flux-2-klein-4b``) with ``x-key`` → ``{id, polling_url}``, and
 ``GET /v1/get_result?id=`` with BFL's status strings, so BFL clients work unchanged."""
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from kontext_studio.core.catalogue import CATALOGUE
 from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.service.api.deps import Svc, User, base_of
 from kontext_studio.service.api.predictions import create
-from kontext_studio.service.jobs.predictions import Submission, tier_of
+from kontext_studio.service.jobs.predictions import Submission, model_name, tier_of
 from kontext_studio.service.security.text import MAX_DEPTH
 
 router = APIRouter(prefix="/v1", tags=["bfl"])
@@ -67,13 +69,31 @@ def parse_body(raw_bytes: bytes) -> dict[str, Any]:
 
 @router.post("/flux-kontext-{tier}")
 async def bfl_submit(request: Request, tier: str, svc: Svc, user: User) -> dict[str, Any]:
+    return await submit_as_bfl(request, svc, user, f"flux-kontext-{tier}")
+
+
+def _model_route(name: str) -> Any:
+    async def bfl_submit_model(request: Request, svc: Svc, user: User) -> dict[str, Any]:
+        return await submit_as_bfl(request, svc, user, name)
+
+    return bfl_submit_model
+
+
+for _entry in CATALOGUE:  # the routes BFL documents for FLUX.2, served by whichever backend runs the model here
+    if not _entry.short_name.startswith("flux-kontext-"):
+        router.add_api_route(f"/{_entry.short_name}", _model_route(_entry.short_name), methods=["POST"],
+                             name=f"bfl_submit_{_entry.key}", summary=f"BFL-style submit: {_entry.title}")
+
+
+async def submit_as_bfl(request: Request, svc: Any, user: Any, model: str) -> dict[str, Any]:
+    """Submit a BFL-style body (``input_image``..``input_image_8``, ``width``/``height``...) for ``model``."""
     raw = parse_body(await request.body())
     webhook = raw.get("webhook_url")
     if webhook is not None and not isinstance(webhook, str):
         raise InvalidRequest(f"webhook_url must be a URL string; got {webhook!r}"[:200], field="webhook_url")
     fields = {k: v for k, v in raw.items() if k not in ("webhook_url", "webhook_secret")}
-    resolved = tier_of(f"flux-kontext-{tier}")
-    response = await create(request, svc, user, resolved, Submission(input=fields, model=f"flux-kontext-{resolved}",
+    resolved = tier_of(model)
+    response = await create(request, svc, user, resolved, Submission(input=fields, model=model_name(resolved),
                                                                       webhook=webhook))
     pid = json.loads(bytes(response.body))["id"]
     return {"id": pid, "polling_url": str(request.url_for("bfl_get_result").include_query_params(id=pid))}

@@ -13,10 +13,17 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 @router.get("/models")
 def list_models(svc: Svc) -> dict[str, Any]:
-    """Every model with its price, defaults and state (``ready``, ``starting``, ``lazy``, ``failed``,
-    ``absent``); ``configured`` is true when predictions on it are accepted."""
-    return {"results": [{"name": m.name, "owner": "black-forest-labs", "tier": m.spec.name, "title": m.spec.title,
-                         "credits": m.price, "max_references": m.spec.max_references,
-                         "default_steps": m.spec.steps, "description": m.spec.description,
-                         "trades": m.spec.trades, "backend": m.spec.backend, "configured": m.configured,
-                         "state": m.state, "missing": m.missing} for m in svc.models.list()]}
+    """Every catalogue model with its price, references, tasks, licence and state (``ready``, ``starting``,
+    ``lazy``, ``failed``, ``absent``); ``configured`` is true when predictions on it are accepted here."""
+    return {"results": [_row(m) for m in svc.models.list(every=True)]}
+
+
+def _row(m: Any) -> dict[str, Any]:
+    entry = m.entry
+    row = {"name": m.name, "owner": entry.name.split("/")[0], "full_name": entry.name, "tier": m.spec.name,
+           "title": m.spec.title, "family": entry.family.value, "credits": m.price,
+           "max_references": m.spec.max_references, "tasks": sorted(t.value for t in entry.tasks),
+           "default_steps": m.spec.steps, "description": m.spec.description, "trades": m.spec.trades,
+           "backend": m.spec.backend, "licence": entry.licence.name, "commercial_use": entry.licence.commercial,
+           "configured": m.configured, "state": m.state, "missing": m.missing}
+    return row

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.service.api.deps import Svc, User, base_of
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES
-from kontext_studio.service.jobs.predictions import Submission, prefer_wait, tier_of
+from kontext_studio.service.jobs.predictions import Submission, model_name, prefer_wait, tier_of
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -147,8 +147,7 @@ async def promote(request: Request, prediction_id: str, body: PromoteIn, svc: Sv
     """Submit the same recipe (images, prompt, seed, settings) at another tier, e.g. a Fast draft at Pro."""
     job = await asyncio.to_thread(svc.predictions.get, user.id, prediction_id)
     recipe = svc.predictions.recipe_of(job)
-    tier = tier_of(f"flux-kontext-{body.tier}")
-    response = await create(request, svc, user, tier, Submission(input=recipe["input"],
-                                                                 model=f"flux-kontext-{tier}"))
+    tier = tier_of(body.tier)
+    response = await create(request, svc, user, tier, Submission(input=recipe["input"], model=model_name(tier)))
     response.status_code = 201
     return response

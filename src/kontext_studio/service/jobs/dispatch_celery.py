@@ -40,8 +40,8 @@ from celery.signals import worker_process_init
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from kontext_studio.core.catalogue import CATALOGUE, Family
 from kontext_studio.core.engine import Editor
-from kontext_studio.core.registry import get_tier
 from kontext_studio.service.db import make_engine
 from kontext_studio.service.jobs.jobs_common import LEASE_SECONDS
 from kontext_studio.service.jobs.jobs_sql import JobStore
@@ -218,7 +218,7 @@ def warm(app: Celery) -> WorkerRuntime:
     rt = runtime(app)
     for tier in app.conf.kontext_warm_tiers:
         try:
-            rt.editor.backend_for(get_tier(tier))
+            rt.editor.backend_for(tier)
         except Exception:
             logger.exception("could not warm the %s tier; it will be built at its first job", tier)
     logger.info("worker process %d ready: database %s, lease %d s", os.getpid(),
@@ -243,8 +243,30 @@ def execute(app: Celery, job_id: str, worker_id: str) -> str:
     return str(rt.store.get(None, job_id).status)
 
 
+def model_queue(base: str, model: str | None) -> str:
+    """The queue of a model's jobs: ``base`` for Kontext (dev and fast share their weights) and the hosted
+    models, ``<base>.<model>`` for every other local model, so a worker takes only the models it has loaded.
+
+    Raises:
+        UnsupportedTier: an unknown model name.
+    """
+    if model is None:
+        return base
+    entry = CATALOGUE.resolve(model, "model")
+    if not entry.local or entry.family is Family.KONTEXT:
+        return base
+    return f"{base}.{entry.warm_key}"
+
+
+def worker_queues(base: str, models: tuple[str, ...] | list[str] | None) -> list[str]:
+    """The queues a worker serving ``models`` consumes (none named: the base queue, Kontext and hosted)."""
+    if not models:
+        return [base]
+    return list(dict.fromkeys(model_queue(base, m) for m in models))
+
+
 class CeleryDispatcher:
-    """Publishes "job waiting" messages to the app's queue.
+    """Publishes "job waiting" messages to the queue of the job's model (see ``model_queue``).
 
     Args:
         app: from ``make_celery`` (the same settings the workers use).
@@ -252,9 +274,21 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery):
         self.app = app
+        self._engine: Engine | None = None
+
+    def _tier_of(self, job_id: str) -> str | None:
+        from sqlalchemy import select
+
+        from kontext_studio.service.db import Job
+
+        if self._engine is None:
+            self._engine = make_engine(self.app.conf.kontext_database_url)
+        with self._engine.connect() as conn:
+            return conn.scalar(select(Job.tier).where(Job.id == job_id))
 
     def enqueue(self, job_id: str) -> None:
-        self.app.send_task(TASK_NAME, args=[job_id], queue=self.app.conf.kontext_queue)
+        queue = model_queue(self.app.conf.kontext_queue, self._tier_of(job_id))
+        self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
 
     def queued(self) -> int:
         """Messages waiting in the broker's queue (not those a worker holds while running their job)."""
@@ -273,15 +307,24 @@ class CeleryDispatcher:
             return int(declared.message_count)
 
 
-def worker_argv(app: Celery, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
-    """Arguments for one GPU worker: solo pool, concurrency 1, this app's queue."""
-    argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={app.conf.kontext_queue}",
+def worker_argv(app: Celery, hostname: str | None = None, loglevel: str = "INFO",
+                models: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """Arguments for one GPU worker: solo pool, concurrency 1, the queues of the models it serves."""
+    queues = ",".join(worker_queues(app.conf.kontext_queue, models))
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
     return argv
 
 
-def run_worker(app: Celery, hostname: str | None = None, loglevel: str = "INFO") -> None:
-    """Run a worker in this process until it is stopped (``kontext worker`` calls this, one per GPU)."""
-    app.worker_main(worker_argv(app, hostname, loglevel))
+def run_worker(app: Celery, hostname: str | None = None, loglevel: str = "INFO",
+               models: tuple[str, ...] | list[str] | None = None) -> None:
+    """Run a worker in this process until it is stopped (``kontext worker`` calls this, one per GPU).
+
+    Args:
+        models: the catalogue models this worker serves (their queues; their backends warm at start).
+    """
+    if models:
+        app.conf.kontext_warm_tiers = tuple(CATALOGUE.resolve(m, "models").key for m in models)
+    app.worker_main(worker_argv(app, hostname, loglevel, models))

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from kontext_studio.core.catalogue import CATALOGUE, Catalogue
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import InvalidRequest
-from kontext_studio.core.registry import TIERS, get_tier
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, JobStatus, utcnow
@@ -31,7 +31,6 @@ from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
 
-MODEL_NAMES = {f"flux-kontext-{t}": t for t in TIERS}
 SEARCH_LIMIT = 100
 MAX_CANCEL_AFTER = 7 * 24 * 3600
 
@@ -57,22 +56,30 @@ class SubmitPolicy:
     image_urls: Callable[[str, str], bytes] | None = None
     dispatcher: Dispatcher | None = None
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(60, 60.0))
+    catalogue: Catalogue = CATALOGUE  # the models and this server's prices (KONTEXT_PRICES)
 
 
 def tier_of(model: str | None) -> str:
-    """The tier a model name (``flux-kontext-dev`` or ``black-forest-labs/flux-kontext-dev``) names.
+    """The catalogue key (``dev``, ``klein-4b``...) a model name names: ``flux-2-klein-4b``,
+    ``black-forest-labs/flux-2-klein-4b`` or the key itself; none means ``flux-kontext-dev``.
 
     Raises:
-        InvalidRequest: an unknown name, or one with more path segments than owner/name.
+        InvalidRequest: an unknown name (listing the valid ones), or one with another owner.
     """
     text = model if model is not None else "flux-kontext-dev"
     if not isinstance(text, str):
-        raise InvalidRequest(f"model must be a model name such as flux-kontext-dev; got {model!r}", field="model")
-    parts = text.split("/")
-    name = parts[-1]
-    if len(parts) > 2 or name not in MODEL_NAMES or (len(parts) == 2 and parts[0] != "black-forest-labs"):
-        raise InvalidRequest(f"model must be one of {', '.join(MODEL_NAMES)}; got {model!r}", field="model")
-    return MODEL_NAMES[name]
+        raise InvalidRequest(f"model must be a model name such as flux-kontext-dev; got {model!r}"[:300],
+                             field="model")
+    entry = CATALOGUE.find(text)
+    if entry is None or ("/" in text and text.split("/")[0].lower() != entry.name.split("/")[0]):
+        names = ", ".join(e.name for e in CATALOGUE)
+        raise InvalidRequest(f"model must be one of {names}; got {model!r}"[:1200], field="model")
+    return entry.key
+
+
+def model_name(tier: str) -> str:
+    """The name a job records for the model it runs on (``flux-kontext-dev``, ``flux-2-klein-4b``)."""
+    return CATALOGUE.resolve(tier).short_name
 
 
 def parse_deadline(cancel_after: str | None) -> datetime | None:
@@ -149,7 +156,7 @@ class PredictionService:
             TierNotConfigured: the tier has no backend on this server.
         """
         policy = self.policy
-        spec = get_tier(tier)
+        entry = policy.catalogue.resolve(tier, "model")
         deadline = parse_deadline(cancel_after)
         check_events(body.webhook_events_filter)
         if body.webhook is not None and not isinstance(body.webhook, str):
@@ -161,14 +168,14 @@ class PredictionService:
         if body.webhook:  # refused up front, not at delivery time
             resolve_checked(body.webhook, allow_http=policy.allow_http_webhooks, policy=policy.webhook_policy,
                             field="webhook")
-        self.editor.backend_for(spec)  # an unconfigured tier is refused before anything is held
+        self.editor.backend_for(entry)  # an unconfigured model is refused before anything is held
         normalized = normalize_input(body.input, tier, self.storage,
                                      owns_file=lambda key: self.files.owns(user.id, key),
                                      fetch_url=policy.image_urls,  # inline images become the submitter's files
                                      on_stored=lambda key, kind, size: self.own_upload(user.id, key, kind, size))
         # Each output is a picture made and charged: num_outputs 3 holds (and captures) three times the price.
-        price = 0 if policy.free else spec.price_credits * num_outputs(normalized, tier)
-        new_id, created = self.jobs.submit(user.id, tier, f"flux-kontext-{tier}", normalized, price,
+        price = 0 if policy.free else entry.price_credits * num_outputs(normalized, entry.key)
+        new_id, created = self.jobs.submit(user.id, entry.key, entry.short_name, normalized, price,
                                            webhook=body.webhook, events=body.webhook_events_filter,
                                            idempotency_key=idempotency_key, deadline=deadline, job_id=job_id)
         if created and policy.dispatcher is not None:
@@ -208,9 +215,7 @@ class PredictionService:
         """
         stmt = select(Job).where(Job.user_id == user_id)
         if tier:
-            if tier not in TIERS:
-                raise InvalidRequest(f"tier must be one of {', '.join(TIERS)}; got {tier!r}", field="tier")
-            stmt = stmt.where(Job.tier == tier)
+            stmt = stmt.where(Job.tier == CATALOGUE.resolve(tier, "tier").key)
         if status:
             allowed = [s.value for s in JobStatus]
             if status not in allowed:

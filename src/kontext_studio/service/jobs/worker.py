@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kontext_studio.core.catalogue import get_model
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import Canceled, KontextError
-from kontext_studio.core.registry import get_tier
 from kontext_studio.core.types import EditResult
 from kontext_studio.service.background import PollingLoop
 from kontext_studio.service.inputs import num_outputs, to_request
@@ -67,8 +67,8 @@ class InProcessWorker(PollingLoop):
     def _hosted(self, claim: Claim) -> bool:
         """Whether the claim's tier runs on a hosted backend (checked without building a local model)."""
         try:
-            spec = get_tier(claim.tier)
-            return not spec.local and self.editor.backend_for(spec).name == "bfl_api"
+            entry = get_model(claim.tier)
+            return not entry.local and self.editor.backend_for(entry).name == "bfl_api"
         except KontextError:
             return False  # run() reports the problem on the job
 
