@@ -110,9 +110,10 @@ def test_insufficient_credits_is_402_before_anything_is_queued(service: Any, acc
 @pytest.mark.parametrize(
     ("inp", "field"),
     [
-        ({"prompt": "x"}, "input_image"),
+        # A prompt alone generates on Kontext [dev] (text to image); a second image without the first is refused.
+        ({"prompt": "x", "input_image_2": data_url(png())}, "input_image"),
         ({"prompt": "", "input_image": "PNG"}, "input_image"),
-        ({"prompt": "", "input_image": None}, "input_image"),
+        ({"prompt": "", "input_image": None}, "instruction"),  # no image is fine on dev (it generates), no prompt not
         ({"prompt": "  ", "input_image": data_url(png())}, "instruction"),
         ({"prompt": "x", "input_image": data_url(png()), "aspect_ratio": "5:1"}, "aspect_ratio"),
         ({"prompt": "x", "input_image": data_url(png()), "seed": "seven"}, "seed"),
@@ -216,7 +217,8 @@ def test_bfl_shim_round_trip(service: Any, accounts: SqlAccounts) -> None:
 def test_models_lists_tiers_and_prices(service: Any) -> None:
     app, _ = service
     models = {m["tier"]: m for m in TestClient(app).get("/v1/models").json()["results"]}
-    assert {t: m["credits"] for t, m in models.items()} == {"fast": 4, "dev": 5, "pro": 8, "max": 15}
+    kontext = {t: m["credits"] for t, m in models.items() if m["family"] == "kontext"}
+    assert kontext == {"fast": 4, "dev": 5, "pro": 8, "max": 15} and "klein-4b" in models  # the whole catalogue
     assert TestClient(app).get("/openapi.json").json()["info"]["title"] == "Kontext Studio"
 
 

@@ -115,13 +115,16 @@ def test_kontext_and_klein_jobs_alternate_on_one_server(two_models: Editor, engi
 
 
 def test_celery_jobs_go_to_their_model_queue_and_workers_take_only_theirs(engine: Engine, db_url: str,
-                                                                          accounts: SqlAccounts,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from kontext_studio.service.jobs.dispatch_celery import CeleryDispatcher, make_celery, worker_argv
+                                                                          accounts: SqlAccounts) -> None:
+    from types import SimpleNamespace
 
-    app = make_celery("memory://", db_url, storage_root="/tmp/unused", queue="kontext")
+    from kontext_studio.service.jobs.dispatch_celery import CeleryDispatcher, worker_argv
+
+    # The dispatcher and the worker's arguments read only these of the Celery app (a second real app in one
+    # process would re-register the shared task).
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((args[0], queue)))
+    app: Any = SimpleNamespace(conf=SimpleNamespace(kontext_queue="kontext", kontext_database_url=db_url),
+                               send_task=lambda name, args, queue: sent.append((args[0], queue)))
     service = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(resolution=128)}), SECRET,
                          dispatcher=CeleryDispatcher(app))
     client, _ = user_client(service, accounts)

@@ -274,17 +274,19 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery):
         self.app = app
-        self._engine: Engine | None = None
 
     def _tier_of(self, job_id: str) -> str | None:
+        """The job's model key, read from the database (the reaper re-sends by id alone)."""
         from sqlalchemy import select
 
         from kontext_studio.service.db import Job
 
-        if self._engine is None:
-            self._engine = make_engine(self.app.conf.kontext_database_url)
-        with self._engine.connect() as conn:
-            return conn.scalar(select(Job.tier).where(Job.id == job_id))
+        engine = make_engine(self.app.conf.kontext_database_url)
+        try:  # no pool kept open between notices: the dispatcher has no shutdown hook to close one
+            with engine.connect() as conn:
+                return conn.scalar(select(Job.tier).where(Job.id == job_id))
+        finally:
+            engine.dispose()
 
     def enqueue(self, job_id: str) -> None:
         queue = model_queue(self.app.conf.kontext_queue, self._tier_of(job_id))
