@@ -136,8 +136,13 @@ def load_pipeline(entry: ModelEntry, status: WeightsStatus, dtype: torch.dtype, 
         if transformer_name is None:
             raise WeightsNotFound(f"{entry.title} cannot load from a single file; point at a diffusers folder")
         transformer_cls = getattr(diffusers, transformer_name)
-        components.setdefault("transformer", transformer_cls.from_single_file(
-            status.path, config=base.path, subfolder="transformer", dtype=dtype))
+        if "transformer" not in components:
+            from kontext_studio.core.quantize import load_transformer_file
+
+            # GGUF and fp8 files keep their format; a plain checkpoint loads as before.
+            quantized, _info = load_transformer_file(transformer_cls, status.path, base.path, dtype)
+            components["transformer"] = quantized if quantized is not None else transformer_cls.from_single_file(
+                status.path, config=base.path, subfolder="transformer", dtype=dtype)
         return cls.from_pretrained(base.path, dtype=dtype, **components)
     return cls.from_pretrained(status.path, dtype=dtype, **components)
 
