@@ -81,6 +81,9 @@ class Case:
         local: True for a model run here (pixels at the planned size, one progress report per step).
         real_model: True when the pixels come from a model (every reference changes them), not a pattern.
         upstream: the fake BFL upstream of a hosted backend (what was submitted, polled, downloaded).
+        model: the catalogue model the checks ask for (None: ``tier`` names it); its reference limits are
+            then model names too.
+        min_steps: the fewest steps the model runs (one is enough for most checks).
     """
 
     name: str
@@ -91,16 +94,42 @@ class Case:
     local: bool
     real_model: bool = False
     upstream: FakeBflUpstream | None = None
+    model: str | None = None
+    min_steps: int = 1
 
     def editor(self) -> Editor:
-        return Editor({self.backend.name: self.backend})
+        return Editor({self.model or self.backend.name: self.backend})
 
     def sent_upstream(self) -> int:
         """Submissions that reached the hosted upstream (each one is charged); 0 for local backends."""
         return 0 if self.upstream is None else len(self.upstream.submit_attempts)
 
 
-CASES = ["fake", "diffusers-kontext", "bfl-server", "bfl-transport"]
+# The other local families: catalogue key and backend class, on their tiny models.
+FAMILIES = {
+    "klein": ("klein-4b", "diffusers_flux2", "Flux2KleinBackend"),
+    "flux2": ("flux2-dev", "diffusers_flux2", "Flux2DevBackend"),
+    "qwen": ("qwen-edit", "diffusers_qwen", "QwenImageEditBackend"),
+}
+CASES = ["fake", "diffusers-kontext", "bfl-server", "bfl-transport", "bfl-flux2-transport",
+         *(f"diffusers-{f}" for f in FAMILIES)]
+
+
+@pytest.fixture(scope="session")
+def family_backends(tiny_family_dirs: dict[str, Any]) -> dict[str, EditBackend]:
+    """One warm backend per family on its tiny model, loaded once for the whole contract run."""
+    import importlib
+
+    from kontext_studio.core.catalogue import get_model
+    from kontext_studio.core.weights import ModelSource
+
+    out: dict[str, EditBackend] = {}
+    for family, (key, module, cls) in FAMILIES.items():
+        backend_cls = getattr(importlib.import_module(f"kontext_studio.core.backends.{module}"), cls)
+        backend = backend_cls(get_model(key), ModelSource.parse(str(tiny_family_dirs[family])))
+        backend.load()
+        out[family] = backend
+    return out
 
 
 @pytest.fixture(params=CASES)
@@ -123,5 +152,19 @@ def case(request: pytest.FixtureRequest) -> Iterator[Case]:
         upstream = FakeBflUpstream(BFL_KEY)
         yield Case(name, Recording(bfl_backend(upstream, transport=True)), "max", [("max", 4), ("pro", 1)],
                    steps=None, local=False, upstream=upstream)
+    elif name == "bfl-flux2-transport":  # hosted FLUX.2: exact width and height, up to 8 references
+        upstream = FakeBflUpstream(BFL_KEY)
+        yield Case(name, Recording(bfl_backend(upstream, transport=True)), "flux2-pro", [("flux2-pro", 8)],
+                   steps=None, local=False, upstream=upstream, model="flux2-pro")
+    elif name.removeprefix("diffusers-") in FAMILIES:
+        from kontext_studio.core.catalogue import get_model
+
+        family = name.removeprefix("diffusers-")
+        key = FAMILIES[family][0]
+        backend = request.getfixturevalue("family_backends")[family]
+        backend.loras.apply([])
+        entry = get_model(key)
+        yield Case(name, Recording(backend), key, [(key, entry.max_references)], steps=max(2, entry.min_steps),
+                   local=True, real_model=True, model=key, min_steps=entry.min_steps)
     else:  # pragma: no cover - a name in CASES without a branch
         raise AssertionError(name)
