@@ -146,7 +146,7 @@ def test_listings_survive_text_stored_before_the_boundary_refused_it(engine: Eng
 
 # -- 4. resource bounds -----------------------------------------------------------------------------------
 def test_json_bodies_are_capped_before_parsing(engine: Engine, accounts: SqlAccounts) -> None:
-    client, uid = user_client(app_for(engine, max_json_body=64 * 1024), accounts)
+    client, _uid = user_client(app_for(engine, max_json_body=64 * 1024), accounts)
     big = json.dumps({"input": {"prompt": "x" * 200_000}})
     r = raw_post(client, "/v1/predictions", big)
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
@@ -282,7 +282,7 @@ def _zip_with_lying_size(tmp: Path) -> Path:
 
 
 def test_a_zip_whose_sizes_lie_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="pairs/a.txt"):
+    with pytest.raises(InvalidRequest, match=r"pairs/a\.txt"):
         extract_dataset(_zip_with_lying_size(tmp_path), tmp_path / "out")
     with pytest.raises(InvalidRequest):
         extract_dataset(_zip_with_lying_size(tmp_path).read_bytes(), tmp_path / "out2")

@@ -2,10 +2,10 @@
 
 The cookie is signed: ``<user id>.<expiry>.<nonce>.<HMAC>`` under a key derived from the server secret,
 ``HttpOnly`` and ``SameSite=Strict``; with a session factory the nonce also names a server-side session row,
-so signing out, or revoking the API key the session was opened with, ends it at once. Every request that changes something and is
-authenticated by the cookie must also carry the session's CSRF token in ``X-CSRF-Token`` (the studio's
-pages put it in a meta tag; its JavaScript and htmx send it). API keys in headers need no token: a
-browser never adds them on its own.
+so signing out, or revoking the API key the session was opened with, ends it at once. Every request that
+changes something and is authenticated by the cookie must also carry the session's CSRF token in
+``X-CSRF-Token`` (the studio's pages put it in a meta tag; its JavaScript and htmx send it). API keys in
+headers need no token: a browser never adds them on its own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-
 from datetime import UTC, datetime
 from typing import Any
 

@@ -17,10 +17,11 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+
 from kontext_studio.core.errors import KontextError
 from kontext_studio.service.accounts.accounts_common import UserRecord
-from kontext_studio.service.api.deps import is_local_request
 from kontext_studio.service.api.analysis import ROLES
+from kontext_studio.service.api.deps import is_local_request
 from kontext_studio.service.container import Services
 from kontext_studio.service.db import Job, JobStatus
 from kontext_studio.service.security.text import printable

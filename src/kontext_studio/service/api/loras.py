@@ -16,4 +16,5 @@ router = APIRouter(prefix="/v1", tags=["training"])
 def list_loras(svc: Svc, me: User) -> dict[str, Any]:
     """Your LoRAs; use one in a prediction with ``"loras": [{"id": ..., "weight": 0.8}]``."""
     return {"results": [{"id": lo.id, "name": lo.name, "rank": lo.rank, "alpha": lo.alpha, "sha256": lo.sha256,
-                         "run_id": lo.run_id, "created_at": iso(lo.created_at)} for lo in svc.training.store.loras(me.id)]}
+                         "run_id": lo.run_id, "created_at": iso(lo.created_at)}
+                        for lo in svc.training.store.loras(me.id)]}
