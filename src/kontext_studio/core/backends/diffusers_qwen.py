@@ -21,6 +21,7 @@ from PIL import Image
 from kontext_studio.core.backends.base import GenerationPlan
 from kontext_studio.core.backends.diffusers_family import CachingMixin, DiffusersFamilyBackend
 from kontext_studio.core.backends.qwen_processor import load_processor
+from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.weights import ModelSource, WeightsStatus, locate
 
 NEGATIVE_PROMPT = " "  # the Qwen-Image-Edit model card's blank negative prompt
@@ -43,6 +44,22 @@ class QwenEditPipeline(CachingMixin, QwenImageEditPlusPipeline):
                                                       max_sequence_length))
 
 
+def condition_area(resolution: int) -> int:
+    """The pixel area of the encoder's copy of each reference at this working resolution."""
+    if resolution == STOCK_RESOLUTION:
+        return int(stock_module.CONDITION_IMAGE_SIZE)
+    return max(56 * 56, int(384 * 384 * (resolution / STOCK_RESOLUTION) ** 2))
+
+
+def widest_ratio(resolution: int) -> float:
+    """The most elongated reference (long side / short side) the stock pipeline can size.
+
+    It resizes the encoder's copy to a fixed area with both sides rounded to multiples of 32, so a short side
+    under 16 px rounds to 0 (about 576:1 with real weights).
+    """
+    return condition_area(resolution) / (16 * 16)
+
+
 @contextlib.contextmanager
 def stock_sizes(resolution: int) -> Iterator[None]:
     """Scale the stock pipeline's reference sizes (1 MP for the VAE, 384x384 for the encoder) to a model
@@ -54,7 +71,7 @@ def stock_sizes(resolution: int) -> Iterator[None]:
     with _SIZES_LOCK:
         saved = stock_module.VAE_IMAGE_SIZE, stock_module.CONDITION_IMAGE_SIZE
         stock_module.VAE_IMAGE_SIZE = int(saved[0] * scale)
-        stock_module.CONDITION_IMAGE_SIZE = max(56 * 56, int(saved[1] * scale))
+        stock_module.CONDITION_IMAGE_SIZE = condition_area(resolution)
         try:
             yield
         finally:
@@ -76,6 +93,13 @@ class QwenImageEditBackend(DiffusersFamilyBackend):
 
     def reference_images(self, plan: GenerationPlan) -> list[Image.Image]:
         # The stock pipeline sizes each reference itself (encoder and VAE sizes): hand over the pictures.
+        limit = widest_ratio(self.resolution)
+        for index, ref in enumerate(plan.references, start=1):
+            w, h = ref.image.size
+            if max(w, h) / max(1, min(w, h)) > limit:
+                raise InvalidRequest(
+                    f"reference {index} is {w}x{h}, more elongated than Qwen-Image-Edit can read "
+                    f"(at most {limit:.0f}:1); crop it closer to the subject or use another model")
         return [ref.image.convert("RGB") for ref in plan.references]
 
     def call_arguments(self, plan: GenerationPlan, images: list[Image.Image]) -> dict[str, Any]:
