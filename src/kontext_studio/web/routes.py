@@ -95,8 +95,8 @@ def mount_studio(app: FastAPI) -> None:
 
     def tiers(svc: Services) -> list[dict[str, Any]]:
         # A backend still starting counts as configured (submissions wait for it); its state says so.
-        return [model_card(m.spec, configured=m.configured, free=svc.free) | {"state": m.state}
-                for m in svc.models.list()]
+        # Every catalogue model: those this server cannot run are shown disabled, with the reason.
+        return [model_card(m, free=svc.free) for m in svc.models.list(every=True)]
 
     def render(request: Request, page: Page, template: str, status_code: int = 200, **context: Any) -> Response:
         svc = svc_of(request)
@@ -138,9 +138,10 @@ def mount_studio(app: FastAPI) -> None:
         cards = tiers(svc_of(request))
         ready = [c["name"] for c in cards if c["configured"]]
         default = "dev" if "dev" in ready else (ready[0] if ready else "dev")
+        generates = any(c["configured"] and c["generates"] for c in cards)
         return render(request, page, "studio.html", tiers=cards, roles=ROLES, default_tier=default,
                       aspects=[(a, _aspect_shape(a)) for a in ASPECTS], strategies=STRATEGIES,
-                      samples=sample_photos, examples=EXAMPLES, t2i_reason=T2I_REASON)
+                      samples=sample_photos, examples=EXAMPLES, t2i_reason=None if generates else T2I_REASON)
 
     @app.get("/series", response_class=HTMLResponse, include_in_schema=False)
     def series(request: Request) -> Response:
@@ -149,6 +150,7 @@ def mount_studio(app: FastAPI) -> None:
             return page
         cards = tiers(svc_of(request))
         ready = [c["name"] for c in cards if c["configured"]]
+        cards = [c for c in cards if c["edits"]]  # a series edits one reference
         return render(request, page, "series.html", tiers=cards, roles=ROLES, aspects=ASPECTS,
                       default_tier="dev" if "dev" in ready else (ready[0] if ready else "dev"))
 

@@ -413,6 +413,7 @@ function showCanvas(view) {
     }
   }
   if (view !== "result" && view !== "grid") $("#result").hidden = true;
+  updateEmpty();
   fitCanvas();
 }
 
@@ -427,7 +428,10 @@ function fitCanvas() {
     target.style.width = `${Math.floor(w * scale)}px`;
     target.style.height = `${Math.floor(h * scale)}px`;
   };
-  if (studio.view === "image") {
+  if (studio.view === "empty" && !$("#frame").hidden) {
+    const [w, h] = frameAspect().split(":").map(Number);
+    fit($("#frame"), w, h);
+  } else if (studio.view === "image") {
     const img = $("#canvas-image");
     if (img.naturalWidth) fit(img, img.naturalWidth, img.naturalHeight);
   } else if (studio.view === "result" && studio.shown) {
@@ -442,6 +446,40 @@ function fitCanvas() {
 function selectedTier() {
   const chosen = $('input[name="tier"]:checked');
   return chosen ? chosen.value : "dev";
+}
+
+// The catalogue name the API is given for a card's short key (the cards carry both).
+function modelOf(tier) {
+  const card = $(`input[name="tier"][value="${tier}"]`);
+  return card && card.dataset.model ? card.dataset.model : tier;
+}
+
+function generates(card) { return !!card && card.dataset.generates === "yes"; }
+
+// The shape the frame and a text-to-image run take: "Match" has no photo to match, so it means square.
+function frameAspect() {
+  const value = ($('input[name="aspect_ratio"]:checked') || {}).value || "match_input_image";
+  return value === "match_input_image" ? "1:1" : value;
+}
+
+// With no photo, a model that generates turns the empty canvas into an aspect frame for text-to-image; an
+// edit-only model says it needs a photo.
+function updateEmpty() {
+  if (!$("#empty")) return;
+  const card = $('input[name="tier"]:checked');
+  const t2i = !refs.length && generates(card);
+  const framed = t2i && studio.view === "empty";
+  $("#canvas").classList.toggle("t2i", framed);
+  $("#frame").hidden = !framed;
+  $("#t2i-lead").hidden = !t2i;
+  $("#empty-title").textContent = t2i ? "Describe a picture, or start from a photo" : "Start with a photo";
+  $("#frame-label").textContent = `${frameAspect()} · text to image`;
+  const note = $("#t2i-note");
+  if (t2i) note.textContent = "";
+  else if (card && !generates(card) && note.dataset.none === "") {
+    note.textContent = `${card.dataset.title} edits a photo: add one to start, or pick a model that makes pictures from words.`;
+  } else note.textContent = note.dataset.none;
+  note.hidden = !note.textContent;
 }
 
 function outputs() {
@@ -460,7 +498,8 @@ function updatePrice() {
   const name = $("#model-chosen");
   if (name) name.textContent = `${chosen.dataset.title}${n > 1 ? ` × ${n}` : ""}`;
   const submit = $("#submit");
-  if (submit) submit.setAttribute("aria-disabled", refs.length ? "false" : "true");
+  if (submit) submit.setAttribute("aria-disabled", refs.length || generates(chosen) ? "false" : "true");
+  updateEmpty();
 }
 
 function num(id) {
@@ -472,6 +511,7 @@ function num(id) {
 function collectInput() {
   const input = {prompt: $("#prompt").value.trim(), ...refsInput()};
   input.aspect_ratio = ($('input[name="aspect_ratio"]:checked') || {}).value || "match_input_image";
+  if (!refs.length && input.aspect_ratio === "match_input_image") input.aspect_ratio = frameAspect();
   if (($('input[name="seed_mode"]:checked') || {}).value === "fixed" && num("seed") !== undefined) {
     input.seed = num("seed");
   }
@@ -497,7 +537,15 @@ function collectInput() {
 }
 
 function formProblem(input) {
-  if (!refs.length) return `Add a photo first (drop it anywhere, paste it, or choose one). ${$("#t2i-note").textContent}`;
+  const card = $('input[name="tier"]:checked');
+  if (!refs.length && !generates(card)) {
+    return `Add a photo first (drop it anywhere, paste it, or choose one). ${$("#t2i-note").textContent}`;
+  }
+  const most = card ? Number(card.dataset.maxRefs) : 0;
+  if (card && refs.length > most) {
+    return `${card.dataset.title} takes up to ${most} photo${most === 1 ? "" : "s"}; remove ${refs.length - most}, `
+      + "or pick a model that takes more.";
+  }
   if (!input.prompt) return "Type what should change in the instruction box.";
   if (maskActive() && !input.lock_mask) {
     return "Paint the area to change on the first reference (Advanced → Pixel lock), or choose Auto.";
@@ -518,14 +566,14 @@ async function submitEdit(input, tier, n = 1) {
   const made = [];
   const one = n > 1 ? {...input, num_outputs: n} : input;
   try {
-    made.push(await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input: one}));
+    made.push(await api("POST", "/v1/predictions", {model: modelOf(tier), input: one}));
   } catch (err) {
     showError($("#form-error"), err.message);
     return;
   }
   if (!made.length) return;
   studio.lastInput = {input, tier};
-  studio.beforeUrl = refs[0].url;
+  studio.beforeUrl = refs.length ? refs[0].url : null;  // text to image: nothing to compare with
   if (studio.session && studio.parent) {
     for (const pred of made) {
       try {
@@ -710,6 +758,7 @@ function showResult(pred) {
   for (const img of [$("#after"), $("#before")]) { img.width = size[0]; img.height = size[1]; }
   $("#after").src = pred.output;
   $("#before").src = studio.beforeUrl || pred.output;
+  $("#compare").classList.toggle("solo", !studio.beforeUrl);
   setCompare(50);
   showCanvas("result");
   const words = identityWords(result.identity);
@@ -734,11 +783,11 @@ function showResult(pred) {
   dl.href = pred.output;
   dl.download = `kontext-${pred.id}.${(recipe.output_format || "png").replace("jpeg", "jpg")}`;
   $("#details-link").href = `/predictions/${pred.id}`;
-  const here = pred.model.replace("flux-kontext-", "");
   const tryModel = $("#try-model");
   tryModel.replaceChildren();
   for (const r of $$('input[name="tier"]')) {
-    if (r.value === here || r.disabled) continue;
+    if (r.disabled || r.value === pred.model || r.dataset.model.split("/").pop() === pred.model) continue;
+    if (!studio.beforeUrl && !generates(r)) continue;  // a picture from words needs a model that generates
     tryModel.append(el("option", {value: r.value, text: `${r.dataset.title} (${document.querySelector(".credits strong") ? `${r.dataset.price} cr` : "free"})`}));
   }
   tryModel.disabled = !tryModel.children.length;
@@ -914,7 +963,7 @@ async function tryAnotherModel() {
       const r = await api("GET", `/v1/predictions/${cur.id}/recipe`);
       const input = {...r.input, seed: cur.result.seed};
       delete input.num_outputs;
-      pred = await api("POST", "/v1/predictions", {model: `flux-kontext-${tier}`, input});
+      pred = await api("POST", "/v1/predictions", {model: modelOf(tier), input});
     } else {
       pred = await api("POST", `/v1/predictions/${cur.id}/promote`, {tier});
     }
@@ -1002,7 +1051,7 @@ async function runAiTool(tool) {
   const source = await canvasFile().catch(() => null);
   if (!source) { status.textContent = "Add a photo first: tools work on the picture in the canvas."; return; }
   try {
-    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: `flux-kontext-${selectedTier()}`});
+    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: modelOf(selectedTier())});
     status.textContent = `${tool.title}: running as an edit (${pred.cost} credits).`;
     studio.beforeUrl = studio.view === "result" && studio.current ? studio.current.output : (refs[0] || {}).url;
     refreshCredits();
@@ -1019,6 +1068,7 @@ function setupStudio() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
   });
   $$('input[name="tier"]').forEach((r) => r.addEventListener("change", updatePrice));
+  $$('input[name="aspect_ratio"]').forEach((r) => r.addEventListener("change", () => { updateEmpty(); fitCanvas(); }));
   $("#num-outputs").addEventListener("change", updatePrice);
   $("#seed").addEventListener("input", () => { $('input[name="seed_mode"][value="fixed"]').checked = true; });
   $("#cancel").addEventListener("click", async () => {
@@ -1098,7 +1148,7 @@ function setupSeries() {
     if (seed) input.seed = Number(seed);
     let series;
     try {
-      series = await api("POST", "/v1/series", {model: `flux-kontext-${$("#series-tier").value}`, input, scenes});
+      series = await api("POST", "/v1/series", {model: $("#series-tier").selectedOptions[0].dataset.model || $("#series-tier").value, input, scenes});
     } catch (err) { showError($("#form-error"), err.message); return; }
     refreshCredits();
     pollSeries(series);
