@@ -48,11 +48,12 @@ def test_upload_errors_are_shown_in_words(page: Any, studio: Studio, tmp_path: P
     page.get_by_role("button", name="Remove reference 1").click()
     expect(page.get_by_test_id("ref")).to_have_count(0)
 
-    # With no photo Generate is disabled (text-to-image needs a model this server lacks); Ctrl+Enter says why.
-    expect(page.get_by_test_id("generate")).to_have_attribute("aria-disabled", "true")
+    # With no photo, Kontext [dev] (it generates) turns the canvas into the aspect frame and Generate stays on;
+    # Ctrl+Enter with an empty instruction says what is missing.
+    expect(page.get_by_test_id("aspect-frame")).to_be_visible()
+    expect(page.get_by_test_id("generate")).to_have_attribute("aria-disabled", "false")
     page.keyboard.press("Control+Enter")
-    expect(page.get_by_test_id("form-error")).to_contain_text("Add a photo first")
-    expect(page.get_by_test_id("form-error")).to_contain_text("Text-to-image")
+    expect(page.get_by_test_id("form-error")).to_contain_text("Type what should change")
     shot(page, "08-upload-errors")
 
     # Keyboard: the model cards are a radio group (focus ring drawn on the card), arrows pick a model and the
@@ -210,6 +211,13 @@ def test_admin_enters_the_bfl_key_in_settings(page: Any, studio: Studio, shot: C
     page.goto(studio.url + "/")
     expect(pro.locator('input[name="tier"]')).to_be_enabled()
     expect(pro.get_by_test_id("model-unavailable")).to_have_count(0)
+    # Kontext [pro] only edits: with no photo it says so, the frame goes and Generate is off.
+    pro.click()
+    expect(page.get_by_test_id("t2i-note")).to_contain_text("Kontext [pro] edits a photo")
+    expect(page.get_by_test_id("aspect-frame")).to_be_hidden()
+    expect(page.get_by_test_id("generate")).to_have_attribute("aria-disabled", "true")
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_test_id("form-error")).to_contain_text("Add a photo first")
 
     # Removing it (after a confirmation) makes the hosted models unavailable again.
     page.goto(studio.url + "/settings")

@@ -474,6 +474,10 @@ function updateEmpty() {
   $("#t2i-lead").hidden = !t2i;
   $("#empty-title").textContent = t2i ? "Describe a picture, or start from a photo" : "Start with a photo";
   $("#frame-label").textContent = `${frameAspect()} · text to image`;
+  const prompt = $("#prompt");
+  if (!prompt.dataset.editHint) prompt.dataset.editHint = prompt.placeholder;
+  prompt.placeholder = t2i ? "Describe the picture to make: a red lighthouse on a cliff at dusk, soft film light"
+    : prompt.dataset.editHint;
   const note = $("#t2i-note");
   if (t2i) note.textContent = "";
   else if (card && !generates(card) && note.dataset.none === "") {
@@ -767,6 +771,7 @@ function showResult(pred) {
   badge.className = `badge ${words.cls}`;
   badge.title = words.title;
   badge.setAttribute("aria-label", `${words.text}: ${words.title}`);
+  badge.hidden = !studio.beforeUrl;  // a picture from words has no likeness to measure
   $("#lock-info").textContent = lockText(result, recipe);
   const many = (pred.input || {}).num_outputs || 1;
   $("#result-meta").textContent = `seed ${result.seed} · ${size[0]}×${size[1]} · ${pred.model} · ${pred.cost} credits`
