@@ -220,6 +220,7 @@ class TinyStudio:
     accounts: SqlAccounts
     user: UserRecord
     key: str
+    editor: Any = None  # the engine behind the server (a test may install another model's backend on it)
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
@@ -261,7 +262,7 @@ def tiny_studio(tmp_path_factory: pytest.TempPathFactory, backend: Any) -> Itera
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the studio server did not start")
         time.sleep(0.05)
-    yield TinyStudio(f"http://127.0.0.1:{port}", accounts, user, key)
+    yield TinyStudio(f"http://127.0.0.1:{port}", accounts, user, key, editor)
     server.should_exit = True
     thread.join(15)
     engine.dispose()

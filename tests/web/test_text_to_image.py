@@ -1,8 +1,8 @@
-"""Text to image in the studio, in real Chromium against the real service on the tiny diffusers model: the model
-cards are the catalogue (every model, the ones this server cannot run greyed with the reason in words), an empty
-studio on a model that generates shows the aspect frame, Generate makes a picture from words alone under the
-catalogue name, and switching to another card renders on that model. Credits shown = API = ledger throughout;
-no sideways scrolling at 390 px and no serious axe-core findings."""
+"""Text to image in the studio, in real Chromium against the real service on the tiny diffusers models: the
+model cards are the catalogue (every model, the ones this server cannot run greyed with the reason in words), an
+empty studio on a model that generates shows the aspect frame, Generate makes a picture from words alone under
+the catalogue name, and switching to another card (FLUX.2 [klein] 4B, on its tiny model) renders on that model.
+Credits shown = API = ledger throughout; no sideways scrolling at 390 px and no serious axe-core findings."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ def signed_in(browser: Any, tiny_studio: TinyStudio) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
+@pytest.fixture()
+def klein(tiny_studio: TinyStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """FLUX.2 [klein] 4B on its tiny model (random weights, the real pipeline), installed on the server for one
+    test and taken away after it."""
+    from kontext_studio.core.backends.diffusers_flux2 import Flux2KleinBackend
+    from kontext_studio.core.catalogue import get_model
+    from kontext_studio.core.weights import ModelSource
+    from kontext_studio.testing.tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("klein") / "tiny-klein", family="klein")
+    backend = Flux2KleinBackend(get_model("klein-4b"), ModelSource.parse(str(folder)))
+    tiny_studio.editor.use_backend("klein-4b", backend)
+    yield
+    tiny_studio.editor.use_backend("klein-4b", None)
+
+
 def generate(page: Any, model: str) -> dict[str, Any]:
     """Click Generate, wait for the result made on ``model`` and return the body posted to /v1/predictions."""
     with page.expect_request(lambda r: r.url.endswith("/v1/predictions") and r.method == "POST") as sent:
@@ -48,7 +64,8 @@ def generate(page: Any, model: str) -> dict[str, Any]:
 
 
 def test_cards_are_the_catalogue_and_text_to_image_from_an_empty_studio(
-        signed_in: Any, tiny_studio: TinyStudio, axe_source: str, shot: Callable[[Any, str], Path]) -> None:
+        klein: None, signed_in: Any, tiny_studio: TinyStudio, axe_source: str,
+        shot: Callable[[Any, str], Path]) -> None:
     page = signed_in
     start = credits_agree(page, tiny_studio)
 
@@ -66,10 +83,11 @@ def test_cards_are_the_catalogue_and_text_to_image_from_an_empty_studio(
             expect(card.locator('input[name="tier"]')).to_be_disabled()
             why = card.get_by_test_id("model-unavailable").inner_text()
             assert why and not re.search(r"--|[A-Z]{3,}_[A-Z]{3,}|kontext ", why), why  # no flags or settings
-    klein = page.locator('[data-model="klein-4b"]')
-    expect(klein).to_contain_text("FLUX.2 [klein] 4B")
-    expect(klein).to_contain_text("up to 4 references")
-    expect(klein).to_contain_text("Apache-2.0")
+    klein_card = page.locator('[data-model="klein-4b"]')
+    expect(klein_card.locator('input[name="tier"]')).to_be_enabled()  # installed for this test
+    expect(klein_card).to_contain_text("FLUX.2 [klein] 4B")
+    expect(klein_card).to_contain_text("up to 4 references")
+    expect(klein_card).to_contain_text("Apache-2.0")
     expect(page.locator('[data-model="qwen-edit"]')).to_contain_text("edits a photo")
 
     # An empty studio on Kontext [dev] (it generates): the canvas is a frame of the chosen shape.
@@ -108,13 +126,13 @@ def test_cards_are_the_catalogue_and_text_to_image_from_an_empty_studio(
     accessible(page, axe_source)
     shot(page, "t2i-03-result")
 
-    # Switch to another catalogue card and generate again: the same words on Kontext Fast, at its price.
-    page.locator("label.model", has_text="Kontext Fast").click()
-    expect(page.locator("#price")).to_have_text("4 credits")
-    body = generate(page, "flux-kontext-fast")
-    assert body["model"] == "black-forest-labs/flux-kontext-fast"
-    expect(page.locator("#result-meta")).to_contain_text("flux-kontext-fast")
-    assert credits_agree(page, tiny_studio) == start - 5 - 4
+    # Switch to another catalogue card, another family: the same words on FLUX.2 [klein] 4B, at its price.
+    page.locator("label.model", has_text="FLUX.2 [klein] 4B").click()
+    expect(page.locator("#price")).to_have_text("2 credits")
+    body = generate(page, "flux-2-klein-4b")
+    assert body["model"] == "black-forest-labs/flux-2-klein-4b"
+    assert tiny_studio.api("GET", "/v1/predictions?limit=1")["results"][0]["model"].endswith("flux-2-klein-4b")
+    assert credits_agree(page, tiny_studio) == start - 5 - 2
     page.set_viewport_size(PHONE)
     no_overflow(page)
     accessible(page, axe_source)
