@@ -1007,13 +1007,19 @@ async function loadTools() {
     list.append(el("li", {}, btn));
   }
   for (const t of (listing.ai || []).filter(oneClick)) {
-    const price = (t.credits || {})[`flux-kontext-${selectedTier()}`];
+    const price = (t.credits || {})[`flux-kontext-${toolTier(t)}`];
     const btn = el("button", {type: "button", "data-tool": t.name, title: t.description},
                    el("span", {text: t.title}), el("span", {class: "pill", text: paid ? `${price ?? "?"} cr` : "free"}));
     btn.addEventListener("click", () => runAiTool(t));
     list.append(el("li", {}, btn));
   }
   box.hidden = !list.children.length;
+}
+
+// AI tools run on the Kontext models: the chosen one when it is one of them, else Kontext [dev].
+function toolTier(tool) {
+  const tier = selectedTier();
+  return (tool.credits || {})[`flux-kontext-${tier}`] === undefined ? "dev" : tier;
 }
 
 // The picture in the canvas as one of your files: the shown result (uploaded again) or the first reference.
@@ -1056,7 +1062,7 @@ async function runAiTool(tool) {
   const source = await canvasFile().catch(() => null);
   if (!source) { status.textContent = "Add a photo first: tools work on the picture in the canvas."; return; }
   try {
-    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: modelOf(selectedTier())});
+    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: modelOf(toolTier(tool))});
     status.textContent = `${tool.title}: running as an edit (${pred.cost} credits).`;
     studio.beforeUrl = studio.view === "result" && studio.current ? studio.current.output : (refs[0] || {}).url;
     refreshCredits();
