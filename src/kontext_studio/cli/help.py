@@ -45,8 +45,8 @@ def plain_params(params: list[Any]) -> None:
             p.metavar = name
             p.display_type_rich = _no_type  # type: ignore[method-assign]
             usage = name if p.required else f"[{name}]"
-            p._usage_display_name = lambda usage=usage: usage  # type: ignore[method-assign]
-            p._rich_display_name = lambda name=name: name  # type: ignore[method-assign]
+            p._usage_display_name = lambda usage=usage: usage  # type: ignore[method-assign,misc]
+            p._rich_display_name = lambda name=name: name  # type: ignore[method-assign,misc]
 
 
 class Command(TyperCommand):

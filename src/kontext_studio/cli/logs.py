@@ -23,7 +23,7 @@ def log_file() -> Path:
 class _LazyFile(logging.FileHandler):
     """A file handler that creates its folder and file only when a record arrives (most runs log nothing)."""
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self):  # type: ignore[no-untyped-def,unused-ignore]
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
 
@@ -35,10 +35,10 @@ def setup_logging(verbose: bool = False) -> None:
     previous CLI handler is replaced.
     """
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            root.removeHandler(handler)
-            handler.close()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
+            old.close()
     handler: logging.Handler
     if verbose:
         handler = logging.StreamHandler(sys.stderr)

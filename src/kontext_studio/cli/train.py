@@ -173,7 +173,7 @@ def run(
     with loading("loading torch and diffusers"):
         quiet_third_party_logs()
         from kontext_studio.training.trainer import LoraTrainer, StepInfo, load_pipeline
-    err.print(f"loading {escape(source)}", highlight=False)
+    err.print(f"loading {escape(str(source))}", highlight=False)
     pipe, described, model_resolution = load_pipeline(source, base or settings.base_model,
                                                       device=device, token=settings.hf_token,
                                                       allow_download=settings.allow_download,

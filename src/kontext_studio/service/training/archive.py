@@ -11,6 +11,7 @@ import shutil
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from kontext_studio.core.errors import InvalidRequest
 
@@ -86,10 +87,10 @@ def extract_dataset(data: bytes | Path, dest: Path, max_uncompressed: int = MAX_
 class _Capped(io.RawIOBase):
     """A reader that stops after ``limit`` bytes (a member claiming a small size never unpacks more)."""
 
-    def __init__(self, src: io.BufferedIOBase | zipfile.ZipExtFile, limit: int):
+    def __init__(self, src: IO[bytes], limit: int):
         self.src, self.left = src, limit
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int | None = -1) -> bytes:
         if self.left <= 0:
             return b""
         n = self.left if n is None or n < 0 else min(n, self.left)
