@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TRUE = {"1", "true", "yes", "on"}
+# Credits a service LoRA training run holds: a run takes an accelerator for tens of minutes, many edits' worth.
+TRAINING_PRICE = 50
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Settings:
         warm_models: how many local models stay loaded at once (``KONTEXT_WARM_MODELS``; ``auto``/None: as
             many as free memory allows).
         prices: credit prices replacing the catalogue's (``KONTEXT_PRICES``: ``klein-4b=2,qwen-edit=5``).
+        training_price: credits a LoRA training run on the service holds at submit, captured when it
+            succeeds and released when it fails or is canceled (``KONTEXT_TRAINING_PRICE``).
     """
 
     model: str | None = None
@@ -78,6 +82,7 @@ class Settings:
     weights: tuple[tuple[str, str], ...] = ()
     warm_models: int | None = None
     prices: tuple[tuple[str, int], ...] = ()
+    training_price: int = TRAINING_PRICE
 
     def weights_for(self, *names: str) -> str | None:
         """The weights location configured for a model (any of its names), if any."""
@@ -115,6 +120,7 @@ class Settings:
             weights=_pairs(e.get("KONTEXT_WEIGHTS", "")),
             warm_models=_count(e.get("KONTEXT_WARM_MODELS", "")),
             prices=tuple((k, int(v)) for k, v in _pairs(e.get("KONTEXT_PRICES", ""), "KONTEXT_PRICES")),
+            training_price=_price(e.get("KONTEXT_TRAINING_PRICE", ""), "KONTEXT_TRAINING_PRICE"),
         )
 
     @property
@@ -135,6 +141,15 @@ def _pairs(text: str, name: str = "KONTEXT_WEIGHTS") -> tuple[tuple[str, str], .
             raise ValueError(f"{name}: the price of {key.strip()} must be a whole number of credits, got {value!r}")
         out.append((key.strip(), value.strip()))
     return tuple(out)
+
+
+def _price(text: str, name: str) -> int:
+    text = text.strip()
+    if text == "":
+        return TRAINING_PRICE
+    if not text.isdigit():
+        raise ValueError(f"{name} must be a whole number of credits (0 or more), got {text!r}")
+    return int(text)
 
 
 def _count(text: str) -> int | None:

@@ -105,7 +105,8 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
                 outbox.notify(job_id, "output", predictions.envelope(base_url, job))
 
     jobs.on_change = on_change
-    training_store, runner = build_training(sessions, storage, editor, work_dir=opts.training_dir)
+    training_store, runner = build_training(sessions, storage, editor, work_dir=opts.training_dir,
+                                          accounts=accounts, price=opts.training_price)
     in_process = opts.start_worker and opts.dispatcher is None
     background: list[BackgroundService] = [WebhookSender(outbox)]
     if in_process:

@@ -25,6 +25,7 @@ from kontext_studio.service.storage.file_service import FileService
 from kontext_studio.service.storage.signed_urls import UrlSigner
 from kontext_studio.service.storage.storage_base import Storage
 from kontext_studio.service.webhooks.webhooks_base import Notifier
+from kontext_studio.settings import TRAINING_PRICE
 
 if TYPE_CHECKING:
     from kontext_studio.service.jobs.worker import InProcessWorker
@@ -53,6 +54,7 @@ class ServiceOptions:
         training_dir: LoRA training's work folder.
         max_json_body: cap on JSON request bodies in bytes (413 above it, before parsing).
         prices: credit prices replacing the model catalogue's (``KONTEXT_PRICES``), by any model name.
+        training_price: credits a LoRA training run holds at submit (``KONTEXT_TRAINING_PRICE``).
     """
 
     free: bool = False
@@ -69,6 +71,7 @@ class ServiceOptions:
     training_dir: Path | None = None
     max_json_body: int = 64 * 2**20  # four 12 MB images inline as base64, with room
     prices: tuple[tuple[str, int], ...] = ()
+    training_price: int = TRAINING_PRICE
 
 
 @dataclass

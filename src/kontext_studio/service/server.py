@@ -121,7 +121,8 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
     options = ServiceOptions(free=settings.free, local_user_id=prepared.local_user_id, local_port=port,
                              dispatcher=dispatcher,
                              image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None,
-                             training_dir=Path(settings.home) / "training", prices=settings.prices)
+                             training_dir=Path(settings.home) / "training", prices=settings.prices,
+                             training_price=settings.training_price)
     app = app_over(build_services(prepared.engine, LocalStorage(storage_root(settings)), editor_factory(),
                                   server_secret(settings), options))
     app.state.weights_status = lambda: missing_weights(settings)  # the studio's banner

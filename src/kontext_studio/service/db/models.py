@@ -95,6 +95,11 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# The tier of the jobs rows that carry LoRA training runs' credit holds (the ledger keys holds by job): created
+# finished, so no worker claims, reaps or requeues them, and kept out of prediction lists and lookups.
+TRAINING_TIER = "training"
+
+
 class Job(Base):
     """One prediction. ``attempt`` is the fencing token: a worker may only complete the attempt it claimed."""
 

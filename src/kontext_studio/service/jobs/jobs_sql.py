@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.db import (
     IDEMPOTENCY_TTL,
+    TRAINING_TIER,
     IdempotencyKey,
     Job,
     JobStatus,
@@ -273,14 +274,14 @@ class JobStore:
         """
         with self.readers() as s:
             job = s.get(Job, job_id)
-            if job is None or (user_id is not None and job.user_id != user_id):
+            if job is None or (user_id is not None and job.user_id != user_id) or job.tier == TRAINING_TIER:
                 raise JobNotFound(f"no prediction {job_id}")
             s.expunge(job)
             return job
 
     def list(self, user_id: int, limit: int = 50, before: datetime | None = None) -> list[Job]:
         with self.readers() as s:
-            q = select(Job).where(Job.user_id == user_id)
+            q = select(Job).where(Job.user_id == user_id, Job.tier != TRAINING_TIER)
             if before is not None:
                 q = q.where(Job.created_at < before)
             jobs = list(s.scalars(q.order_by(Job.created_at.desc()).limit(limit)).all())

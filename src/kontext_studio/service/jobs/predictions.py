@@ -20,7 +20,7 @@ from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, JobStatus, utcnow
-from kontext_studio.service.db.models import WEBHOOK_EVENTS
+from kontext_studio.service.db.models import TRAINING_TIER, WEBHOOK_EVENTS
 from kontext_studio.service.inputs import IMAGE_FIELDS, normalize_input, num_outputs, upload_sha256
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
@@ -213,7 +213,7 @@ class PredictionService:
         Raises:
             InvalidRequest: an unknown tier or status (naming the accepted values), or unreadable text in ``q``.
         """
-        stmt = select(Job).where(Job.user_id == user_id)
+        stmt = select(Job).where(Job.user_id == user_id, Job.tier != TRAINING_TIER)
         if tier:
             stmt = stmt.where(Job.tier == CATALOGUE.resolve(tier, "tier").key)
         if status:

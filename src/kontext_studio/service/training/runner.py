@@ -181,15 +181,15 @@ class TrainingRunner(PollingLoop):
 
 
 
-def build_training(sessions: Any, storage: Storage, editor: Any,
-                   work_dir: Path | None = None) -> tuple[TrainingStore, TrainingRunner]:
+def build_training(sessions: Any, storage: Storage, editor: Any, work_dir: Path | None = None,
+                   accounts: Any = None, price: int = 0) -> tuple[TrainingStore, TrainingRunner]:
     """The service's training store and runner; the runner loads the editor's local weights for each run.
 
     ``work_dir`` (default: a folder in the system's temporary directory) holds unpacked datasets, checkpoints
-    and the latent cache.
+    and the latent cache. With ``accounts``, each run holds ``price`` credits (see ``TrainingStore``).
     """
     import tempfile
 
-    store = TrainingStore(sessions)
+    store = TrainingStore(sessions, accounts, price)
     folder = work_dir or Path(tempfile.gettempdir()) / "kontext-studio-training"
     return store, TrainingRunner(store, storage, pipeline_factory_for(editor), folder)

@@ -9,19 +9,36 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.service.accounts.accounts_common import NotFound
+from kontext_studio.service.accounts.accounts_sql import SqlAccounts
 from kontext_studio.service.db.base import utcnow
+from kontext_studio.service.db.models import TRAINING_TIER, Job, JobStatus
 from kontext_studio.service.db.models_training import TERMINAL_RUN_STATUSES, RunStatus, TrainingRun, UserLora
 
 
 class TrainingStore:
-    """Create, read, progress and finish training runs; list and add user LoRAs."""
+    """Create, read, progress and finish training runs; list and add user LoRAs.
 
-    def __init__(self, sessions: sessionmaker[Session]):
-        self.sessions = sessions
+    With ``accounts``, a run holds ``price`` credits at submit and settles them exactly once when it ends:
+    captured when it succeeds, released when it fails or is canceled. The ledger keys holds by job, so each
+    run gets a jobs row of its own id in the ``training`` tier, created already finished: no worker claims,
+    reaps or requeues it, and prediction lists skip that tier.
+
+    Args:
+        sessions: session factory of the service database.
+        accounts: the credits ledger (None: runs are free and nothing is held).
+        price: credits a run holds at submit.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], accounts: SqlAccounts | None = None, price: int = 0):
+        self.sessions, self.accounts, self.price = sessions, accounts, price
 
     def submit(self, user_id: int, name: str, config: dict[str, Any], dataset_key: str, pairs: int,
                data_hash: str, run_id: str | None = None) -> str:
-        """Queue a run; returns its id."""
+        """Queue a run and hold its price, in one transaction; returns its id.
+
+        Raises:
+            InsufficientCredits: the user has less than the price available; nothing is written.
+        """
         with self.sessions.begin() as s:
             run = TrainingRun(user_id=user_id, name=name, config=config, dataset_key=dataset_key, pairs=pairs,
                               data_hash=data_hash, total_steps=int(config["steps"]), validations=[])
@@ -29,7 +46,29 @@ class TrainingStore:
                 run.id = run_id
             s.add(run)
             s.flush()
+            if self.accounts is not None:
+                now = utcnow()
+                s.add(Job(id=run.id, user_id=user_id, model="lora-training", tier=TRAINING_TIER,
+                          status=JobStatus.SUCCEEDED, input={"prompt": f"LoRA training: {name}",
+                                                             "training_run": run.id}, cost=self.price,
+                          progress=1.0, created_at=now, completed_at=now))
+                s.flush()
+                self.accounts.using(s).hold(run.id, user_id, self.price)
             return run.id
+
+    def _settle(self, s: Session, run_id: str, status: RunStatus) -> None:
+        """Capture (succeeded) or release (failed, canceled) the run's hold, if it has one."""
+        if self.accounts is None:
+            return
+        ledger = self.accounts.using(s)
+        if ledger.get_hold(run_id) is None:  # a run queued before prices applied to training
+            return
+        if status == RunStatus.SUCCEEDED:
+            ledger.capture(run_id)
+        else:
+            ledger.release(run_id)
+        # The anchor shows the run's ending in the usage history.
+        s.execute(update(Job).where(Job.id == run_id, Job.tier == TRAINING_TIER).values(status=str(status)))
 
     def get(self, user_id: int | None, run_id: str) -> TrainingRun:
         """A run (detached); ``user_id`` None skips the owner check (the runner).
@@ -56,8 +95,11 @@ class TrainingStore:
         """Cancel a queued run at once; ask a running one to stop (it checkpoints and ends ``canceled``)."""
         self.get(user_id, run_id)
         with self.sessions.begin() as s:
-            s.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
-                      .values(status=RunStatus.CANCELED, completed_at=utcnow(), cancel_requested=True))
+            done = s.execute(update(TrainingRun).where(TrainingRun.id == run_id,
+                                                       TrainingRun.status == RunStatus.QUEUED)
+                             .values(status=RunStatus.CANCELED, completed_at=utcnow(), cancel_requested=True))
+            if done.rowcount == 1:  # type: ignore[attr-defined]
+                self._settle(s, run_id, RunStatus.CANCELED)
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
                       .values(cancel_requested=True))
 
@@ -96,6 +138,7 @@ class TrainingStore:
         with self.sessions.begin() as s:
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
                 status=status, error=error, completed_at=utcnow(), **values))
+            self._settle(s, run_id, status)
 
     def add_lora(self, user_id: int, lora_id: str, name: str, key: str, sha256: str, rank: int | None,
                  alpha: float | None, run_id: str | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.service.accounts.accounts_base import AccountsBase
+from kontext_studio.service.accounts.accounts_common import InsufficientCredits
 from kontext_studio.service.db.base import utcnow
 from kontext_studio.service.db.models_training import TrainingRun
 from kontext_studio.service.storage.storage_base import Storage
@@ -58,11 +59,13 @@ class TrainingService:
 
         Raises:
             TrainingUnavailable: this server does not train.
+            InsufficientCredits: the user cannot pay the run's price (checked first; nothing is stored).
             InvalidRequest: bad config or min_side.
             DatasetRejected: the dataset has problems (the check's report is the message).
         """
         if self.unavailable:
             raise TrainingUnavailable(self.unavailable)
+        self._check_credits(user_id)
         from kontext_studio.training.config import TrainConfig
         from kontext_studio.training.dataset import check_dataset, min_side_for
 
@@ -95,6 +98,15 @@ class TrainingService:
         if self.runner is not None:
             self.runner.wake()
         return run_id
+
+    def _check_credits(self, user_id: int) -> None:
+        """Refuse early a run the user cannot pay for (the hold at queueing is the binding check)."""
+        ledger, price = self.store.accounts, self.store.price
+        if ledger is None or ledger.free or price <= 0:
+            return
+        available = ledger.balance(user_id).available
+        if available < price:
+            raise InsufficientCredits(available=available, required=price)
 
     def view(self, base: str, run: TrainingRun, file_url: Any) -> dict[str, Any]:
         """A run as the API shows it."""
