@@ -271,7 +271,8 @@ def test_pro_with_two_references_is_refused_before_anything_is_sent(fake: FakeBf
     with pytest.raises(InvalidRequest) as caught:
         Editor({"bfl_api": backend(fake)}).edit(request(n=2))
     assert caught.value.field == "references" and "tier pro takes at most 1" in str(caught.value)
-    assert "--tier max" in str(caught.value) and fake.submit_attempts == []
+    assert "Kontext [max] (hosted, up to 4) or [dev] take several references" in str(caught.value)
+    assert fake.submit_attempts == []
 
 
 def test_loras_are_refused_on_hosted_tiers(fake: FakeBflServer) -> None:

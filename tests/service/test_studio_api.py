@@ -221,6 +221,20 @@ def test_series_grid_and_contact_sheet(service: Any, accounts: SqlAccounts) -> N
     assert other.get(f"/v1/series/{series['id']}/contact-sheet").status_code == 404
 
 
+def test_a_series_naming_another_family_is_judged_like_its_predictions(service: Any, accounts: SqlAccounts) -> None:
+    # A series may name any catalogue model: it is priced and checked from the catalogue (naming a model outside
+    # the Kontext tiers was a 500). This server has no FLUX.2 [klein] weights: refused, nothing held or queued.
+    client, _ = user_client(service, accounts, credits=10)
+    file_id = upload(client, png())
+    listed = len(client.get("/v1/predictions").json()["results"])
+    r = client.post("/v1/series", {"model": "black-forest-labs/flux-2-klein-4b",
+                                   "input": {"input_image": file_id}, "scenes": ["on a beach", "in the snow"]})
+    assert r.status_code == 501 and r.json()["code"] == "tier_not_configured", r.text
+    assert "--" not in r.json()["detail"]  # said in words, not command-line flags
+    assert client.get("/v1/account").json()["credits"]["available"] == 10
+    assert len(client.get("/v1/predictions").json()["results"]) == listed
+
+
 def test_studio_cookie_needs_its_csrf_token(engine: Engine, accounts: SqlAccounts) -> None:
     user = accounts.create_user(f"local-{uuid.uuid4().hex}@example.com")
     accounts.grant(user.id, 10)

@@ -176,7 +176,7 @@ class ModelEntry:
             takers = [e.key for e in ENTRIES if e.max_references >= n]
             hint = f"; models taking {n}: {', '.join(takers)}" if takers else ""
             if self.key in TIERS and n <= TIERS["max"].max_references:
-                hint = "; use --tier max (hosted, up to 4) or dev for several references" + hint
+                hint = "; Kontext [max] (hosted, up to 4) or [dev] take several references" + hint
             raise InvalidRequest(
                 f"{field_name}: {label} takes at most {self.max_references} {noun}, got {n}; drop the least "
                 f"important or combine some into one picture{hint}", field=field_name)

@@ -200,8 +200,9 @@ class Editor:
         if "fake" in self._backends:
             return self._backends["fake"]
         needs = ", ".join(entry.requires) or f"the {entry.title} weights on this machine"
-        hint = ("Use --tier dev or --tier fast to run locally." if entry.family is Family.KONTEXT
-                else "Run `kontext models` to see what this installation can run.")
+        # Said in words any face can show (the API and the studio too): no command-line flags here.
+        hint = ("Kontext [dev] and [fast] run locally with the FLUX.1 Kontext [dev] weights."
+                if entry.family is Family.KONTEXT else "The model list shows what this installation can run.")
         raise TierNotConfigured(
             f"model {entry.key!r} ({entry.title}) is not configured on this installation: it needs {needs}. {hint}"
         )

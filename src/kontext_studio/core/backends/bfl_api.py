@@ -376,14 +376,14 @@ class BflApiBackend(EditBackend):
         if endpoint is None:
             raise TierNotConfigured(f"the BFL API runs the pro and max tiers, not {plan.tier!r}")
         if plan.loras:
-            raise InvalidRequest("loras: the hosted tiers (pro, max) cannot apply LoRAs; use --tier dev or fast "
-                                 "for LoRAs", field="loras")
+            raise InvalidRequest("loras: the hosted models (Kontext [pro], [max]) cannot apply LoRAs; pick Kontext "
+                                 "[dev] or [fast] for LoRAs", field="loras")
         n, most = len(plan.references), MAX_IMAGES[plan.tier]
         least = 0 if plan.tier in EXPLICIT_SIZE else 1  # FLUX.2 also generates from text alone
         if not least <= n <= most:
             raise InvalidRequest(
                 f"references: Kontext [{plan.tier}] on BFL takes {'exactly 1' if most == 1 else f'1 to {most}'} "
-                f"reference image(s), got {n}; use --tier max for several references", field="references")
+                f"reference image(s), got {n}; Kontext [max] takes several references", field="references")
         warnings: list[str] = []
         clause = role_clause(plan.roles) if plan.tier in ("max", *EXPLICIT_SIZE) and n > 1 else ""
         prompt = f"{clause} {plan.instruction}".strip()

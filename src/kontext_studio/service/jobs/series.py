@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.core.contact_sheet import contact_sheet
 from kontext_studio.core.errors import InvalidRequest, KontextError
-from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts.accounts_base import AccountsBase
 from kontext_studio.service.accounts.accounts_common import InsufficientCredits, NotFound, UserRecord
 from kontext_studio.service.db import new_id
@@ -61,7 +60,9 @@ class SeriesService:
             raise InvalidRequest(f"scenes: give 1 to {MAX_SCENES} instructions, one per line; got {len(scenes)}",
                                  field="scenes")
         tier = tier_of(body.model)
-        price = 0 if self.free else TIERS[tier].price_credits * len(scenes)
+        # The same catalogue and prices the predictions use, so a series of any model costs its scenes' sum.
+        entry = self.predictions.policy.catalogue.resolve(tier, "model")
+        price = 0 if self.free else entry.price_credits * len(scenes)
         balance = self.accounts.balance(me.id)
         if balance.available < price:
             raise InsufficientCredits(balance.available, price)
