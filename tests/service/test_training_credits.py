@@ -126,8 +126,11 @@ def test_the_price_is_a_setting_and_free_installs_hold_nothing(engine: Engine, b
     app = create_app(engine, MemoryStorage(), Editor({"diffusers": backend}), SECRET, start_worker=False,
                      training_price=7)
     client, user_id = user_client(app, accounts, credits=10)
-    assert submit(client, dataset(tmp_path)).status_code == 201
+    res = submit(client, dataset(tmp_path))
+    assert res.status_code == 201, res.text
     assert accounts.balance(user_id).held == 7
+    client.post(f"/v1/trainings/{res.json()['id']}/cancel")  # leave no queued run for other tests' runners
+    assert accounts.balance(user_id).available == 10
 
     free = create_app(engine, MemoryStorage(), Editor({"diffusers": backend}), SECRET, start_worker=False,
                       free=True)
@@ -137,4 +140,5 @@ def test_the_price_is_a_setting_and_free_installs_hold_nothing(engine: Engine, b
     balance = accounts.balance(user_id)
     assert (balance.available, balance.held) == (0, 0)
     assert accounts.get_hold(res.json()["id"]).amount == 0
+    client.post(f"/v1/trainings/{res.json()['id']}/cancel")
     assert accounts.audit() == []
