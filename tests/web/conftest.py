@@ -143,6 +143,29 @@ def page(browser: Any, studio: Studio) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
+def wait_until(page: Any, expression: str, timeout: float = 60.0) -> None:
+    """Poll a JavaScript expression until it is true, with a deadline.
+
+    Playwright's ``wait_for_function`` compiles a string predicate inside the page when it has to poll, which
+    the studio's Content-Security-Policy (``script-src 'self'``, no eval) rightly refuses; ``evaluate`` runs
+    through the browser's debugging protocol, which the page's CSP does not govern.
+
+    Raises:
+        AssertionError: the expression is still false at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if page.evaluate(expression):
+                return
+            problem = "still false"
+        except Exception as exc:  # the element may not exist yet (a page still loading): poll again
+            problem = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{problem} after {timeout:.0f} s: {expression}")
+        page.wait_for_timeout(100)
+
+
 @pytest.fixture()
 def shot() -> Callable[[Any, str], Path]:
     """Save a full-page screenshot under artifacts/screenshots/<name>.png."""

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, PHONE, Studio, accessible, no_overflow, picture
+from tests.web.conftest import DESKTOP, PHONE, Studio, accessible, no_overflow, picture, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
     page.goto(studio.url + "/")
     page.set_input_files("#file-input", str(picture(tmp_path / "p.png", (60, 120, 200), size=(1200, 900))))
     expect(page.get_by_test_id("canvas-image")).to_be_visible()
-    page.wait_for_function("document.querySelector('#canvas-image').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#canvas-image').naturalWidth > 0")
     expect(page.get_by_test_id("generate")).to_have_text(re.compile(r"Generate\s+\d+ credits"))
     button = page.get_by_test_id("generate").bounding_box()
     view = page.viewport_size
@@ -80,7 +80,7 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
         page.locator("label.model", has_text="Kontext Fast").click()
         page.get_by_test_id("generate").click()
         expect(page.get_by_test_id("compare")).to_be_visible(timeout=30_000)
-        page.wait_for_function("Math.abs(document.querySelector('#canvas').getBoundingClientRect().top) < 2")
+        wait_until(page, "Math.abs(document.querySelector('#canvas').getBoundingClientRect().top) < 2")
         shot(page, "page-studio-result-phone")
 
     # The dark theme (the system's setting) is as readable: axe checks its contrast too.

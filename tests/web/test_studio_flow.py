@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
-from tests.web.conftest import Studio, picture
+from tests.web.conftest import Studio, picture, wait_until
 
 
 def upload(page: Any, *paths: Path) -> None:
@@ -62,7 +62,7 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     wait_result(page)
     after = page.locator("#after")
     expect(after).to_have_attribute("src", re.compile("/v1/files/outputs/"))
-    page.wait_for_function("document.querySelector('#after').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#after').naturalWidth > 0")
     width, height = page.evaluate("[document.querySelector('#after').naturalWidth, "
                                   "document.querySelector('#after').naturalHeight]")
     assert abs(width / height - 16 / 9) < 0.01  # exactly the ratio asked for (the fake works at a small size)
@@ -120,7 +120,7 @@ def test_full_edit_flow(page: Any, studio: Studio, tmp_path: Path, shot: Callabl
     expect(page.get_by_test_id("library-item").first).to_contain_text("snowy")
     page.select_option("#kind", "")
     expect(page.get_by_test_id("library-item").nth(2)).to_be_visible()
-    page.wait_for_function("Array.from(document.querySelectorAll('.gallery img'))"
+    wait_until(page, "Array.from(document.querySelectorAll('.gallery img'))"
                            ".every(img => img.complete && img.naturalWidth > 0)")  # thumbnails load
     shot(page, "05-library")
     page.locator(f'[data-id="{first_id}"] a').click()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, PHONE, TinyStudio, accessible, credits_agree, no_overflow
+from tests.web.conftest import DESKTOP, PHONE, TinyStudio, accessible, credits_agree, no_overflow, wait_until
 
 RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser and the other tests
 
@@ -118,7 +118,7 @@ def test_cards_are_the_catalogue_and_text_to_image_from_an_empty_studio(
     assert "flux-kontext-dev" in meta
     w, h = map(int, re.search(r"(\d+)×(\d+)", meta).groups())  # type: ignore[union-attr]
     assert w > h
-    page.wait_for_function("document.querySelector('#after').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#after').naturalWidth > 0")
     expect(page.locator("#before")).to_be_hidden()  # nothing to compare a picture from words with
     newest = tiny_studio.api("GET", "/v1/predictions?limit=1")["results"][0]
     assert newest["status"] == "succeeded" and newest["model"].endswith("flux-kontext-dev")

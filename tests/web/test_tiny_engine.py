@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, TinyStudio, accessible, credits_agree, no_overflow
+from tests.web.conftest import DESKTOP, TinyStudio, accessible, credits_agree, no_overflow, wait_until
 
 RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser and the other tests
 
@@ -71,7 +71,7 @@ def test_sample_photo_to_result_variations_and_model_switch(maker: Any, tiny_stu
         expect(tiles.nth(i)).to_have_attribute("data-status", "succeeded", timeout=RESULT_TIMEOUT)
     seeds = {tiles.nth(i).inner_text() for i in range(4)}
     assert len(seeds) == 4  # four different seeds
-    page.wait_for_function("Array.from(document.querySelectorAll('#variations img')).every(i => i.naturalWidth > 0)")
+    wait_until(page, "Array.from(document.querySelectorAll('#variations img')).every(i => i.naturalWidth > 0)")
     shot(page, "tiny-02-variations")
     assert credits_agree(page, tiny_studio) == after_first - 4 * 4
     newest = tiny_studio.api("GET", "/v1/predictions?limit=1")["results"][0]  # one prediction, num_outputs 4
@@ -138,7 +138,7 @@ def test_series_share_signed_out_and_revoke(maker: Any, browser: Any, tiny_studi
     try:
         public.goto(link)
         expect(public.get_by_test_id("shared-image")).to_be_visible()
-        public.wait_for_function("document.querySelector('[data-testid=shared-image]').naturalWidth > 0")
+        wait_until(public, "document.querySelector('[data-testid=shared-image]').naturalWidth > 0")
         expect(public.locator("body")).not_to_contain_text("in neon light")
         expect(public.locator("body")).not_to_contain_text("maker@example.com")
         expect(public.locator("#credits-available")).to_have_count(0)  # nobody is signed in there
