@@ -11,6 +11,7 @@ If Chromium or Playwright is missing the tests are skipped, or fail when ``CI`` 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -81,8 +82,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     """The real service (SQLite, local storage, in-process worker) served by uvicorn on 127.0.0.1."""
-    import uvicorn
-
     from kontext_studio.analysis.fidelity import AnalysisFidelity
 
     home = tmp_path_factory.mktemp("studio")
@@ -99,17 +98,8 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     app = create_app(engine, LocalStorage(home / "data"), editor, b"web-test-secret-0123456789abcdef",
                      local_user_id=admin.id, public_url=f"http://127.0.0.1:{port}", rate_limit=0,
                      max_active_per_user=50)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="studio-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the studio server did not start")
-        time.sleep(0.05)
-    yield Studio(f"http://127.0.0.1:{port}", accounts, backend, admin, app)
-    server.should_exit = True
-    thread.join(15)
+    with serving(app, port):
+        yield Studio(f"http://127.0.0.1:{port}", accounts, backend, admin, app)
     engine.dispose()
 
 
@@ -141,6 +131,30 @@ def page(browser: Any, studio: Studio) -> Iterator[Any]:
     yield pg
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@contextlib.contextmanager
+def serving(app: Any, port: int) -> Iterator[None]:
+    """Run the app under uvicorn on a thread for the duration of the block (started within 20 s).
+
+    Raises:
+        RuntimeError: the server did not start.
+    """
+    import uvicorn  # the service extra; imported here like the fixtures did
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"studio-uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the studio server did not start")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def wait_until(page: Any, expression: str, timeout: float = 60.0) -> None:
@@ -260,8 +274,6 @@ TINY_CREDITS = 300
 @pytest.fixture(scope="session")
 def tiny_studio(tmp_path_factory: pytest.TempPathFactory, backend: Any) -> Iterator[TinyStudio]:
     """uvicorn serving the service whose local tiers run the tiny Kontext model (``backend`` from tests/conftest)."""
-    import uvicorn
-
     from kontext_studio.analysis.fidelity import AnalysisFidelity
 
     home = tmp_path_factory.mktemp("tiny-studio")
@@ -277,17 +289,8 @@ def tiny_studio(tmp_path_factory: pytest.TempPathFactory, backend: Any) -> Itera
     port = _free_port()
     app = create_app(engine, LocalStorage(home / "data"), editor, b"tiny-web-secret-0123456789abcdef",
                      public_url=f"http://127.0.0.1:{port}", rate_limit=0, max_active_per_user=50)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="tiny-studio-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the studio server did not start")
-        time.sleep(0.05)
-    yield TinyStudio(f"http://127.0.0.1:{port}", accounts, user, key, editor)
-    server.should_exit = True
-    thread.join(15)
+    with serving(app, port):
+        yield TinyStudio(f"http://127.0.0.1:{port}", accounts, user, key, editor)
     engine.dispose()
 
 
