@@ -107,7 +107,8 @@ def family_backend(settings: Settings, entry: ModelEntry,
         raise ValueError(f"no local backend for the {entry.family.value} family")
     return cls(entry, family_source(settings, entry), device=settings.device, dtype=settings.dtype,
                memory_mode=settings.memory_mode, token=settings.hf_token, allow_download=settings.allow_download,
-               cache_dir=settings.home / "cache", on_status=on_status)
+               cache_dir=settings.home / "cache", on_status=on_status, precision=settings.precision,
+               text_encoder_precision=settings.text_encoder_precision)
 
 
 def content_credentials(settings: Settings) -> ContentCredentials:

@@ -37,6 +37,25 @@ def test_quantized_transformer_file_edits_on_every_family(family: str, fmt: Quan
     kinds = {type(m).__name__ for m in backend.pipe.transformer.modules()}
     weights = {p.dtype for p in backend.pipe.transformer.parameters()}
     assert "GGUFLinear" in kinds if fmt.is_gguf else torch.float8_e4m3fn in weights
+    # The recipe says what ran: the file's format and both the file's and its base's fingerprints.
+    model = out.recipe["model"]
+    assert model["weights"]["format"] == ("gguf" if fmt.is_gguf else "fp8 checkpoint")
+    # (the tiny model's rows are narrower than a K-quant block: Q4_K falls back to Q5_0 as llama.cpp does)
+    assert model["weights"]["precision"].startswith("gguf-") if fmt.is_gguf else model["weights"]["precision"] == "fp8"
+    assert model["fingerprint"].startswith("sha256:") and "+base:sha256:" in model["fingerprint"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_on_load_precision_reaches_every_family(family: str, tiny_family_dirs: dict[str, Path]) -> None:
+    key, _pipeline, backend_path = FAMILIES[family]
+    backend = _backend_class(backend_path)(get_model(key), ModelSource.parse(str(tiny_family_dirs[family])),
+                                           precision="fp8", text_encoder_precision="fp8")
+    out = Editor({key: backend}).edit(EditRequest([Reference(noise_image(64, 64))], "make it snowy", model=key,
+                                                  seed=2, steps=2, pixel_lock="off"))
+    weights = out.recipe["model"]["weights"]
+    assert weights["precision"] == "fp8" and weights["text_encoder_precision"] == "fp8"
+    assert torch.float8_e4m3fn in {p.dtype for p in backend.pipe.transformer.parameters()}
+    assert torch.float8_e4m3fn in {p.dtype for p in backend.pipe.text_encoder.parameters()}
 
 
 def test_a_kontext_gguf_is_refused_by_a_flux2_model(tiny_family_dirs: dict[str, Path], tmp_path: Path) -> None:

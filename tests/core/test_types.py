@@ -61,3 +61,15 @@ def test_tier_registry_prices_and_defaults() -> None:
     assert get_tier("max").max_references == 4 and get_tier("pro").max_references == 1
     with pytest.raises(UnsupportedTier, match="tier must be one of fast, dev, pro, max; got 'ultra'"):
         get_tier("ultra")
+
+
+@pytest.mark.parametrize("model", ["pro", "max", "flux2-pro"])
+def test_hosted_models_refuse_acceleration_and_draft_in_words(model: str) -> None:
+    ref = [Reference(b"\x89PNG")]
+    with pytest.raises(InvalidRequest, match="runs on Black Forest Labs' servers") as exc:
+        EditRequest(ref, "as an oil painting", model=model, acceleration="fast").validate()
+    assert exc.value.field == "acceleration"
+    with pytest.raises(InvalidRequest, match="leave draft off") as exc:
+        EditRequest(ref, "as an oil painting", model=model, draft=True).validate()
+    assert exc.value.field == "draft"
+    EditRequest(ref, "as an oil painting", model="klein-4b", acceleration="fast", draft=True).validate()

@@ -146,10 +146,10 @@ def edit(
                                                          "tolerance, 0 (strictest) to 6 (BFL's default 2).")]
     = None,
     prompt_upsampling: Annotated[bool, typer.Option(help="pro/max: let BFL rewrite the prompt first.")] = False,
-    draft: Annotated[bool, typer.Option("--draft", help="dev/fast: half the steps for a quick, visibly softer "
-                                        "look.")] = False,
-    acceleration: Annotated[str | None, typer.Option(help="dev/fast: stock, lossless or fast (default: the "
-                                                     "tier's).")] = None,
+    draft: Annotated[bool, typer.Option("--draft", help="Local models: half the steps for a quick, visibly "
+                                        "softer look.")] = False,
+    acceleration: Annotated[str | None, typer.Option(help="Local models: stock, lossless or fast (default: the "
+                                                     "model's; the fast tier runs fast).")] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     base: BaseOpt = None,

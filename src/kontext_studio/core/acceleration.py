@@ -11,9 +11,12 @@ Profiles:
 * ``lossless``: the fastest attention backend for the GPU, regional compilation of the repeated transformer
   blocks, fused QKV projections. Same maths; pixels differ only by floating-point reordering.
 * ``fast``: ``lossless`` plus fp8 dynamic quantization of the transformer's linear layers where the GPU has fp8
-  tensor cores, plus a step cache (MagCache with the published FLUX ratios for the FLUX families; first-block
-  cache elsewhere) at the model's normal step count. It trades a small, bounded loss: steps whose output
-  barely changes are reused.
+  tensor cores, plus the family's step cache (``FAMILY_STEP_CACHE``) at the model's normal step count. It
+  trades a small, bounded loss: steps whose output barely changes are reused.
+
+Every local family takes every profile: FLUX.1 Kontext, FLUX.2 [klein], FLUX.2 [dev] and Qwen-Image-Edit. What a
+family's transformer lacks is named as a fallback (Qwen-Image's attention reads separate projections, so it
+has nothing to fuse).
 """
 
 from __future__ import annotations
@@ -60,10 +63,13 @@ LOSSLESS = AccelerationProfile("lossless", attention="auto", compile=True, fuse_
 FAST = AccelerationProfile("fast", attention="auto", compile=True, fuse_qkv=True, fp8=True, step_cache="magcache",
                            step_cache_threshold=0.06)
 PROFILES = {p.name: p for p in (STOCK, LOSSLESS, FAST)}
-# Families without published MagCache ratios use the first-block cache; FLUX.2 [klein] runs 4 steps, too few
-# for any step cache to skip one safely.
-FAMILY_STEP_CACHE = {"kontext": ("magcache", 0.06), "flux2": ("magcache", 0.06), "qwen": ("first_block", 0.08),
-                     "klein": (None, 0.0)}
+# Each family's step cache and its threshold. MagCache's published ratios are FLUX.1's, so only Kontext uses
+# them. FLUX.2 [dev] takes TaylorSeer (it needs no per-model calibration; the number is its refresh interval in
+# steps): diffusers' first-block cache cannot hook FLUX.2, whose double and single blocks return different
+# shapes. Qwen-Image takes the first-block cache (the approach cache-dit's Qwen-Image figures use). FLUX.2
+# [klein] runs 4 steps, too few for any step cache to skip one safely.
+FAMILY_STEP_CACHE: dict[str, tuple[str | None, float]] = {
+    "kontext": ("magcache", 0.06), "flux2": ("taylorseer", 3), "qwen": ("first_block", 0.08), "klein": (None, 0.0)}
 
 
 def get_profile(name: str, family: str = "kontext") -> AccelerationProfile:
@@ -138,6 +144,7 @@ class Accelerator:
         self._compiled: list[Any] = []
         self._compiled_inner = False
         self._fp8_applied = False
+        self._cannot_fuse: str | None = None  # said once found, so a profile never retries (and recompiles)
 
     # -- load-time parts (kept while the profile stays the same) ---------------------------------------
     def use(self, profile: AccelerationProfile) -> AccelerationReport:
@@ -187,19 +194,29 @@ class Accelerator:
 
     def _fuse(self, wanted: bool, fallbacks: list[str]) -> bool:
         fused = bool(getattr(self.transformer, "_kontext_fused", False))
+        if wanted and self._cannot_fuse is not None:
+            fallbacks.append(self._cannot_fuse)
+            return False
         if wanted == fused:
             return fused
         if self._compiled:
             self._uncompile()  # the compiled graphs captured the unfused layers
+        name = type(self.transformer).__name__
         try:
             if wanted:
                 self.transformer.fuse_qkv_projections()
             else:
                 self.transformer.unfuse_qkv_projections()
         except Exception as exc:
-            fallbacks.append(f"fused QKV unavailable for {type(self.transformer).__name__} "
-                             f"({exc.__class__.__name__}); separate projections used")
+            self._cannot_fuse = (f"fused QKV unavailable for {name} ({exc.__class__.__name__}); "
+                                 "separate projections used")
+            fallbacks.append(self._cannot_fuse)
             return fused
+        if wanted and not any(getattr(m, "fused_projections", False) for m in self.transformer.modules()):
+            # Qwen-Image: its attention processor reads to_q/to_k/to_v, so there is nothing to fuse.
+            self._cannot_fuse = f"{name}'s attention has no projections to fuse; separate projections used"
+            fallbacks.append(self._cannot_fuse)
+            return False
         self.transformer._kontext_fused = wanted
         return wanted
 
@@ -258,6 +275,27 @@ class Accelerator:
         for module in self._compiled:
             module._compiled_call_impl = None
         self._compiled = []
+
+    def activate(self, profile_name: str | None, family: str, step_cache: str | None = None,
+                 threshold: float = 0.0) -> AccelerationReport:
+        """Switch to the profile an edit asked for and return what will run.
+
+        Args:
+            profile_name: ``stock``, ``lossless``, ``fast`` (None: ``stock``).
+            family: the catalogue family (its step cache for ``fast``).
+            step_cache, threshold: a step cache the model's entry names itself; used under ``stock`` only.
+
+        Returns:
+            The report the recipe records (enter ``step_cache`` with its cache and threshold for the call).
+
+        Raises:
+            InvalidRequest: an unknown profile name.
+        """
+        report = self.use(get_profile(profile_name or "stock", family))
+        if report.step_cache is None and step_cache is not None and report.profile == "stock":
+            report = AccelerationReport(**{**report.as_dict(), "step_cache": step_cache,
+                                           "step_cache_threshold": threshold})
+        return report
 
     # -- per-call part --------------------------------------------------------------------------------
     @contextlib.contextmanager

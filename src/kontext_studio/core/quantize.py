@@ -486,7 +486,12 @@ def apply_precision(module: Any, precision: str) -> str:
         # Unlike diffusers' defaults for its models, the adaptive-norm modulation linears are stored in fp8
         # too (the community's fp8 checkpoints store them so): they are a sixth of a FLUX transformer.
         keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
-        skip = FP8_SKIP + keep if hasattr(module, "_skip_layerwise_casting_patterns") else ("norm", "embed", "shared")
+        # Text encoders: the language-model head is often the embedding table itself (tied weights, as in
+        # Qwen3), and an encoder never uses it: casting it would turn the embeddings into fp8 as well. Vision
+        # towers (Mistral 3, Qwen2.5-VL) stay as loaded: they are small, and their first parameter is the
+        # one transformers reports as the model's dtype, which the FLUX.2 pipelines give their prompt embeddings.
+        skip = FP8_SKIP + keep if hasattr(module, "_skip_layerwise_casting_patterns") else (
+            "norm", "embed", "shared", "lm_head", "vision", "visual", "multi_modal_projector")
         apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
                                 skip_modules_pattern=skip)
         module._kontext_precision = precision

@@ -213,6 +213,13 @@ class EditRequest:
             if str(self.acceleration).lower() not in PROFILES:
                 raise InvalidRequest(f"acceleration must be one of {', '.join(PROFILES)}; got {self.acceleration!r}",
                                      field="acceleration")
+            if not entry.local:
+                raise InvalidRequest(f"acceleration applies to models that run on this machine; {entry.title} runs "
+                                     "on Black Forest Labs' servers, which choose their own speed: leave it unset",
+                                     field="acceleration")
+        if self.draft and not entry.local:
+            raise InvalidRequest(f"draft (half the steps) applies to models that run on this machine; {entry.title} "
+                                 "chooses its own steps: leave draft off", field="draft")
         from kontext_studio.core.resolution import parse_aspect_ratio  # resolution imports this module
 
         parse_aspect_ratio(self.aspect_ratio)

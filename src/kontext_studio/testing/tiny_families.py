@@ -99,8 +99,9 @@ def qwen_components(seed: int = 0) -> dict[str, Any]:
     from kontext_studio.core.backends.qwen_processor import make_processor
 
     torch.manual_seed(seed)
+    # Two blocks, as a step cache needs (a first block to measure the change, the rest to skip).
     transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS, num_layers=1,
+        patch_size=2, in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS, num_layers=2,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False,
         axes_dims_rope=(8, 4, 4))
     torch.manual_seed(seed + 1)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from kontext_studio.core.acceleration import Accelerator, keep_compiled_graphs
 from kontext_studio.core.backends.base import (
     CancelFn,
     EditBackend,
@@ -32,8 +33,8 @@ from kontext_studio.core.backends.diffusers_kontext import (
     PROMPT_CACHE_SIZE,
     REFERENCE_CACHE_SIZE,
     DiffusersKontextBackend,
+    LocalWeights,
     LoraSlots,
-    release_pipeline,
 )
 from kontext_studio.core.catalogue import ModelEntry
 from kontext_studio.core.device import (
@@ -46,7 +47,8 @@ from kontext_studio.core.device import (
     pick_dtype_name,
 )
 from kontext_studio.core.errors import Canceled, WeightsNotFound
-from kontext_studio.core.weights import ModelSource, WeightsStatus, fingerprint, locate, weights_bytes
+from kontext_studio.core.quantize import apply_weight_precision, load_transformer_file
+from kontext_studio.core.weights import ModelSource, WeightsStatus, locate
 
 PipelineLoader = Callable[[ModelEntry, WeightsStatus, torch.dtype], Any]
 
@@ -137,17 +139,17 @@ def load_pipeline(entry: ModelEntry, status: WeightsStatus, dtype: torch.dtype, 
             raise WeightsNotFound(f"{entry.title} cannot load from a single file; point at a diffusers folder")
         transformer_cls = getattr(diffusers, transformer_name)
         if "transformer" not in components:
-            from kontext_studio.core.quantize import load_transformer_file
-
             # GGUF and fp8 files keep their format; a plain checkpoint loads as before.
-            quantized, _info = load_transformer_file(transformer_cls, status.path, base.path, dtype)
-            components["transformer"] = quantized if quantized is not None else transformer_cls.from_single_file(
+            quantized, info = load_transformer_file(transformer_cls, status.path, base.path, dtype)
+            transformer = quantized if quantized is not None else transformer_cls.from_single_file(
                 status.path, config=base.path, subfolder="transformer", dtype=dtype)
+            transformer._kontext_weights_info = info  # the recipe's model.weights (read by the backend)
+            components["transformer"] = transformer
         return cls.from_pretrained(base.path, dtype=dtype, **components)
     return cls.from_pretrained(status.path, dtype=dtype, **components)
 
 
-class DiffusersFamilyBackend(EditBackend):
+class DiffusersFamilyBackend(LocalWeights, EditBackend):
     """A local catalogue model other than Kontext, through its stock diffusers pipeline.
 
     Args:
@@ -155,15 +157,19 @@ class DiffusersFamilyBackend(EditBackend):
         source: hub repo id, local diffusers folder, or single-file transformer (default: the entry's hub id).
         device, dtype, memory_mode, token, allow_download, cache_dir, on_status: as for the Kontext backend.
         loader: builds the stock pipeline from located weights (default ``load_pipeline``).
+        precision, text_encoder_precision: weights on load, as for the Kontext backend (``auto``: the memory
+            planner's choice on a GPU, as stored on the CPU).
     """
 
     name = "diffusers"
     edit_class: type = object  # the family's caching subclass of its stock pipeline
+    text_encoders: tuple[str, ...] = ("text_encoder",)
 
     def __init__(self, entry: ModelEntry, source: ModelSource | str | None = None, *, device: str = "auto",
                  dtype: str = "auto", memory_mode: str = "auto", token: str | None = None,
                  allow_download: bool = False, cache_dir: str | Path | None = None,
-                 on_status: Callable[[str], None] | None = None, loader: Callable[..., Any] | None = None):
+                 on_status: Callable[[str], None] | None = None, loader: Callable[..., Any] | None = None,
+                 precision: str = "auto", text_encoder_precision: str = "auto"):
         self.entry = entry
         if isinstance(source, ModelSource):
             self.source = source
@@ -178,6 +184,9 @@ class DiffusersFamilyBackend(EditBackend):
         self.device_plan: DevicePlan | None = None
         self._fingerprint: str | None = None
         self.loras: LoraSlots | None = None
+        self.accelerator: Accelerator | None = None
+        self._precision_pref, self._te_precision_pref = precision, text_encoder_precision
+        self.weights_info: dict[str, Any] = {"format": "diffusers", "precision": "as stored"}
         self.stats = {"loads": 0}
         # release_pipeline() clears these on the backend (the Kontext backend keeps its caches there).
         self._prompts = _LRU(1)
@@ -205,6 +214,7 @@ class DiffusersFamilyBackend(EditBackend):
         self.device_plan = DevicePlan(device, dtype, mode, free_vram(device), reason)
         self.pipe = pipe
         self.loras = LoraSlots(pipe, pipeline_class=pipeline_class(self.entry), model_title=self.entry.title)
+        self.accelerator = Accelerator(pipe.transformer, device)
 
     def extra_components(self, status: WeightsStatus) -> dict[str, Any]:
         """Components the family builds itself instead of letting diffusers load them."""
@@ -227,6 +237,12 @@ class DiffusersFamilyBackend(EditBackend):
         self.on_status(f"loading {self.entry.title} from {self.source.describe()} ({dtype_name})")
         pipe = self.loader(self.entry, status, getattr(torch, dtype_name), token=self.token,
                            allow_download=self.allow_download, extra=self.extra_components(status))
+        stored = getattr(pipe.transformer, "_kontext_weights_info", None) or {"format": "diffusers",
+                                                                                "precision": "as stored"}
+        self.weights_info = apply_weight_precision(pipe, list(self.text_encoders), device, self._precision_pref,
+                                                   self._te_precision_pref, stored, on_status=self.on_status)
+        if device != "cpu":
+            keep_compiled_graphs()
         mode, reason = self._memory_mode(pipe, device)
         DiffusersKontextBackend._apply_memory_mode(pipe, mode, device)
         self._adopt(pipe, mode, reason)
@@ -255,31 +271,10 @@ class DiffusersFamilyBackend(EditBackend):
         return choose_memory_mode(free, sum(module_bytes(p) for p in parts), module_bytes(pipe.transformer),
                                   module_bytes(blocks[0]) if blocks else 0)
 
-    def unload(self) -> None:
-        """Drop the pipeline and its caches (the warm pool evicted this model)."""
-        release_pipeline(self)
-        self.loras = None
-
-    def estimated_bytes(self) -> int | None:
-        return weights_bytes(self.source, self.token)
-
     # -- EditBackend ---------------------------------------------------------------------------
-    @property
-    def resolution(self) -> int:
-        if self.status is None:
-            status = locate(self.source, self.token, download=False)
-            return status.resolution if status.found else 1024
-        return self.status.resolution
-
     def model_info(self) -> dict[str, Any]:
         self.load()
         assert self.status is not None and self.device_plan is not None
-        if self._fingerprint is None:
-            if self.source.kind == "hub":
-                self._fingerprint = f"revision:{self.status.revision}"
-            else:
-                self.on_status("fingerprinting the weights for the recipe (hashed once, then cached)")
-                self._fingerprint = "sha256:" + fingerprint(self.status.path or self.source.location, self.cache_dir)
         return {
             "backend": self.name,
             "name": self.entry.name,
@@ -289,9 +284,10 @@ class DiffusersFamilyBackend(EditBackend):
             "kind": self.source.kind,
             "base": self.source.base if self.source.kind == "single_file" else None,
             "revision": self.status.revision,
-            "fingerprint": self._fingerprint,
+            "fingerprint": self.weights_fingerprint(),
             "random_weights": self.status.random_weights,
             "resolution": self.status.resolution,
+            "weights": dict(self.weights_info),
             **self.device_plan.as_dict(),
         }
 
@@ -317,10 +313,7 @@ class DiffusersFamilyBackend(EditBackend):
     def generate(self, plan: GenerationPlan, on_step: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> GenerationOutput:
         pipe = self.load()
-        assert self.loras is not None
-        notes = []
-        if plan.step_cache is not None or (plan.acceleration or "stock") != "stock":
-            notes.append(f"acceleration profiles and step caches apply to Kontext; {self.entry.title} ran stock")
+        assert self.loras is not None and self.accelerator is not None
         timings: dict[str, float] = {}
         t = time.perf_counter()
         lora_entries = self.loras.apply(plan.loras)
@@ -340,9 +333,12 @@ class DiffusersFamilyBackend(EditBackend):
             pipe._reference_keys = [(r.sha256, r.working_size) for r in plan.references]
             pipe._prompt_context = tuple(pipe._reference_keys)
         width, height = plan.model_size
+        report = self.accelerator.activate(plan.acceleration, self.entry.family.value, plan.step_cache,
+                                           plan.step_cache_threshold)
         t = time.perf_counter()
         try:
-            with self.call_context():
+            with self.accelerator.step_cache(report.step_cache, report.step_cache_threshold, plan.steps), \
+                    self.call_context():
                 result = pipe(
                     **self.call_arguments(plan, images),
                     height=height,
@@ -356,8 +352,9 @@ class DiffusersFamilyBackend(EditBackend):
                 pipe._reference_keys = []
                 pipe._prompt_context = ()
         timings["denoise"] = time.perf_counter() - t
-        info = {"loras": lora_entries, "references": len(images), "strategy": plan.strategy.value}
-        return GenerationOutput(image=result.images[0], timings=timings, info=info, warnings=notes)
+        info = {"loras": lora_entries, "references": len(images), "strategy": plan.strategy.value,
+                "step_cache": report.step_cache, "acceleration": report.as_dict()}
+        return GenerationOutput(image=result.images[0], timings=timings, info=info)
 
     def call_context(self) -> Any:
         """A context the stock call runs in (the family may adjust module settings for test models)."""

@@ -22,7 +22,7 @@ import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 from PIL import Image
 
-from kontext_studio.core.acceleration import AccelerationReport, Accelerator, get_profile, keep_compiled_graphs
+from kontext_studio.core.acceleration import Accelerator, keep_compiled_graphs
 from kontext_studio.core.backends.base import (
     CancelFn,
     EditBackend,
@@ -222,7 +222,54 @@ class LoraSlots:
         return entries
 
 
-class DiffusersKontextBackend(EditBackend):
+class LocalWeights:
+    """What every local diffusers backend does with its located weights: the working resolution, the size the
+    warm pool makes room for, the fingerprint the recipe records, and unloading."""
+
+    source: ModelSource
+    token: str | None
+    status: WeightsStatus | None
+    cache_dir: str | Path | None
+    on_status: Callable[[str], None]
+    loras: LoraSlots | None
+    accelerator: Accelerator | None
+    _fingerprint: str | None
+
+    def unload(self) -> None:
+        """Drop the pipeline and its caches (the warm pool evicted this model)."""
+        release_pipeline(self)
+        self.loras = None
+        self.accelerator = None
+
+    def estimated_bytes(self) -> int | None:
+        return weights_bytes(self.source, self.token)
+
+    @property
+    def resolution(self) -> int:
+        if self.status is None:
+            status = locate(self.source, self.token, download=False)
+            return status.resolution if status.found else 1024
+        return self.status.resolution
+
+    def weights_fingerprint(self) -> str:
+        """The hub revision, or the SHA-256 of the local weights (hashed once, then cached); a single file adds
+        its base's, whose text encoders and VAE are part of what made the image."""
+        assert self.status is not None
+        if self._fingerprint is None:
+            if self.source.kind == "hub":
+                self._fingerprint = f"revision:{self.status.revision}"
+            else:
+                self.on_status("fingerprinting the weights for the recipe (hashed once, then cached)")
+                found = "sha256:" + fingerprint(self.status.path or self.source.location, self.cache_dir)
+                if self.source.kind == "single_file":
+                    base = locate(ModelSource.parse(self.source.base, revision=self.source.revision), self.token)
+                    found += (f"+base:revision:{base.revision}" if base.revision else
+                              "+base:sha256:" + fingerprint(base.path or "", self.cache_dir))
+                self._fingerprint = found
+        return self._fingerprint
+
+
+class DiffusersKontextBackend(LocalWeights, EditBackend):
     """FLUX.1 Kontext [dev] on this machine.
 
     Args:
@@ -350,43 +397,17 @@ class DiffusersKontextBackend(EditBackend):
             pipe.enable_group_offload(onload_device=torch.device(device), offload_type="block_level",
                                       num_blocks_per_group=2, use_stream=True)
 
-    def unload(self) -> None:
-        """Drop the pipeline and its caches (the warm pool evicted this model)."""
-        release_pipeline(self)
-        self.loras = None
-
-    def estimated_bytes(self) -> int | None:
-        return weights_bytes(self.source, self.token)
-
     # -- EditBackend ---------------------------------------------------------------------------
-    @property
-    def resolution(self) -> int:
-        if self.status is None:
-            status = locate(self.source, self.token, download=False)
-            return status.resolution if status.found else 1024
-        return self.status.resolution
-
     def model_info(self) -> dict[str, Any]:
         self.load()
         assert self.status is not None and self.device_plan is not None
-        if self._fingerprint is None:
-            if self.source.kind == "hub":
-                self._fingerprint = f"revision:{self.status.revision}"
-            else:
-                self.on_status("fingerprinting the weights for the recipe (hashed once, then cached)")
-                self._fingerprint = "sha256:" + fingerprint(self.status.path or self.source.location, self.cache_dir)
-                if self.source.kind == "single_file":
-                    # The text encoders and VAE come from the base: it is part of what made the image.
-                    base = locate(ModelSource.parse(self.source.base, revision=self.source.revision), self.token)
-                    self._fingerprint += (f"+base:revision:{base.revision}" if base.revision else
-                                          "+base:sha256:" + fingerprint(base.path or "", self.cache_dir))
         return {
             "backend": self.name,
             "source": self.source.location,
             "kind": self.source.kind,
             "base": self.source.base,
             "revision": self.status.revision,
-            "fingerprint": self._fingerprint,
+            "fingerprint": self.weights_fingerprint(),
             "random_weights": self.status.random_weights,
             "resolution": self.status.resolution,
             "weights": dict(self.weights_info),
@@ -459,11 +480,7 @@ class DiffusersKontextBackend(EditBackend):
         width, height = plan.model_size
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
         assert self.accelerator is not None
-        report = self.accelerator.use(get_profile(plan.acceleration or "stock", "kontext"))
-        if report.step_cache is None and plan.step_cache is not None and report.profile == "stock":
-            # A tier that names its own step cache without a profile.
-            report = AccelerationReport(**{**report.as_dict(), "step_cache": plan.step_cache,
-                                           "step_cache_threshold": plan.step_cache_threshold})
+        report = self.accelerator.activate(plan.acceleration, "kontext", plan.step_cache, plan.step_cache_threshold)
         t = time.perf_counter()
         with self.accelerator.step_cache(report.step_cache, report.step_cache_threshold, plan.steps):
             latents = pipe(
