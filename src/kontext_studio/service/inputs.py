@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from kontext_studio.core.acceleration import PROFILES
 from kontext_studio.core.catalogue import get_model
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.images import load_reference
@@ -27,7 +28,8 @@ from kontext_studio.service.training.loras import lora_specs
 IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
 KNOWN_FIELDS = {*IMAGE_FIELDS, "prompt", "seed", "aspect_ratio", "width", "height", "output_format", "safety_tolerance",
                 "prompt_upsampling", "num_inference_steps", "guidance", "strategy", "roles", "geometry",
-                "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras", "num_outputs"}
+                "identity_guard", "candidates", "pixel_lock", "lock_mask", "loras", "num_outputs", "acceleration",
+                "draft"}
 MAX_OUTPUTS = 4
 FILE_PREFIX = "file:"
 UPLOADS = "uploads/"
@@ -126,6 +128,9 @@ def normalize_input(raw: Any, tier: str, storage: Storage, owns_file: Callable[[
     body = {k: v for k, v in raw.items() if k not in IMAGE_FIELDS and v is not None}
     images = [raw.get(f) for f in IMAGE_FIELDS]
     entry = get_model(tier, "model")
+    acceleration, _ = speed_settings(body, tier)  # before any image is stored
+    if acceleration is not None:  # stored as the engine reads it: " Lossless" and "lossless" are one profile
+        body["acceleration"] = acceleration
     if not images[0] and (any(images) or not entry.can_generate):
         raise InvalidRequest(f"input_image: the reference image is required ({entry.title} edits a picture; models "
                              "that generate from the prompt alone are listed at /v1/models)", field="input_image")
@@ -163,6 +168,44 @@ def num_outputs(body: dict[str, Any], tier: str | None = None) -> int:
     return int(raw)
 
 
+def speed_settings(body: dict[str, Any], tier: str | None = None) -> tuple[str | None, bool]:
+    """The acceleration profile and draft flag an input asks for (local models only).
+
+    Args:
+        body: the input (raw or stored).
+        tier: when given, a hosted model refuses both: it runs on Black Forest Labs' servers, which choose
+            their own speed and steps.
+
+    Returns:
+        ``(acceleration, draft)``: the profile name in lower case, or None for the model's own default; and
+        whether to halve the steps.
+
+    Raises:
+        InvalidRequest: acceleration not one of the profiles (a number or object is refused, never turned into
+            text), draft not true or false, or either asked of a hosted model.
+    """
+    raw = body.get("acceleration")
+    allowed = ", ".join(PROFILES)
+    if raw is not None and (not isinstance(raw, str) or raw.strip().lower() not in PROFILES):
+        raise InvalidRequest(f"acceleration must be one of {allowed} (or null for the model's default); "
+                             f"got {raw!r}"[:300], field="acceleration")
+    acceleration = None if raw is None else raw.strip().lower()
+    draft = _bool(body, "draft")
+    entry = get_model(tier) if tier is not None else None
+    if entry is not None and not entry.local:
+        if acceleration is not None:
+            raise InvalidRequest(
+                f"acceleration: {entry.title} runs on Black Forest Labs' servers, which choose their own speed; "
+                f"leave acceleration out (or null), or pick a local model to run {allowed}; got {raw!r}",
+                field="acceleration")
+        if draft:
+            raise InvalidRequest(
+                f"draft: {entry.title} runs on Black Forest Labs' servers, which choose their own steps; leave "
+                "draft out (or false), or make quick drafts on a local model such as Kontext Fast; got true",
+                field="draft")
+    return acceleration, draft
+
+
 def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bool = False) -> EditRequest:
     """The EditRequest a stored input describes (images read from storage unless ``check_only``)."""
     get_model(tier, "model")
@@ -171,6 +214,7 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
         raise InvalidRequest("roles: give a list, one role per image", field="roles")
     refs = [Reference(key if check_only else storage.get(key), roles[i] if i < len(roles) else None)
             for i, key in enumerate(body["images"])]
+    acceleration, draft = speed_settings(body)
     try:
         return EditRequest(
             references=refs, instruction=str(body.get("prompt") or ""), tier=tier,
@@ -185,6 +229,7 @@ def to_request(body: dict[str, Any], tier: str, storage: Storage, check_only: bo
             lock_mask=_mask(body.get("lock_mask"), storage, check_only),
             loras=lora_specs(body.get("loras"), storage, check_only),
             safety_tolerance=_int(body, "safety_tolerance"), prompt_upsampling=_bool(body, "prompt_upsampling"),
+            acceleration=acceleration, draft=draft,
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"input: {exc}", field="input") from None

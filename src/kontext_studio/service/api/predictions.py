@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from kontext_studio.core.catalogue import get_model
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.service.api.deps import Svc, User, base_of
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES
@@ -148,6 +149,12 @@ async def promote(request: Request, prediction_id: str, body: PromoteIn, svc: Sv
     job = await asyncio.to_thread(svc.predictions.get, user.id, prediction_id)
     recipe = svc.predictions.recipe_of(job)
     tier = tier_of(body.tier)
-    response = await create(request, svc, user, tier, Submission(input=recipe["input"], model=model_name(tier)))
+    again = dict(recipe["input"])
+    if not get_model(tier, "tier").local:
+        # A local run's speed profile and draft have no meaning on BFL's servers (a submit naming them is
+        # refused there): the hosted model renders the same recipe at its own speed.
+        again.pop("acceleration", None)
+        again.pop("draft", None)
+    response = await create(request, svc, user, tier, Submission(input=again, model=model_name(tier)))
     response.status_code = 201
     return response
