@@ -456,6 +456,32 @@ function modelOf(tier) {
 
 function generates(card) { return !!card && card.dataset.generates === "yes"; }
 
+function hosted(card) { return !!card && card.dataset.hosted === "yes"; }
+
+const SPEED_WORDS = {
+  "": "Model default: each model runs at its own speed setting.",
+  stock: "Stock: the model exactly as published.",
+  lossless: "Lossless: the same picture, faster on a GPU.",
+  fast: "Fast: a small, bounded loss of fine detail for more speed.",
+};
+
+// Speed and Draft are for the models this server runs; a hosted model runs at BFL's own speed, so both are
+// switched off there and the note says why (the API would refuse them).
+function updateSpeed() {
+  const speed = $("#acceleration");
+  if (!speed) return;
+  const card = $('input[name="tier"]:checked');
+  const off = hosted(card);
+  speed.disabled = off;
+  $("#draft").disabled = off;
+  // The chosen speed in full (the closed list is narrower than its longest choice).
+  $("#speed-note").textContent = off
+    ? `${card.dataset.title} runs on Black Forest Labs' servers, which choose their own speed: Speed and Draft `
+      + "apply to the models that run on this server."
+    : `${SPEED_WORDS[speed.value] || SPEED_WORDS[""]} A draft is a quick look at half the steps: keep the seed `
+      + "and turn Draft off for the full picture.";
+}
+
 // The shape the frame and a text-to-image run take: "Match" has no photo to match, so it means square.
 function frameAspect() {
   const value = ($('input[name="aspect_ratio"]:checked') || {}).value || "match_input_image";
@@ -504,6 +530,7 @@ function updatePrice() {
   const submit = $("#submit");
   if (submit) submit.setAttribute("aria-disabled", refs.length || generates(chosen) ? "false" : "true");
   updateEmpty();
+  updateSpeed();
 }
 
 function num(id) {
@@ -523,6 +550,11 @@ function collectInput() {
   if (steps !== undefined) input.num_inference_steps = steps;
   const guidance = num("guidance");
   if (guidance !== undefined) input.guidance = guidance;
+  // Only sent when set, and never to a hosted model (its speed is BFL's).
+  const speed = $("#acceleration");
+  if (speed && !speed.disabled && speed.value) input.acceleration = speed.value;
+  const draft = $("#draft");
+  if (draft && !draft.disabled && draft.checked) input.draft = true;
   if ($("#strategy").value !== "stitch") input.strategy = $("#strategy").value;
   if (maskActive()) {
     const painted = maskDataUrl();
@@ -926,6 +958,8 @@ async function reuseSettings(predictionId) {
     }
     $("#steps").value = input.num_inference_steps ?? "";
     $("#guidance").value = input.guidance ?? "";
+    $("#acceleration").value = input.acceleration || "";
+    $("#draft").checked = !!input.draft;
     $("#strategy").value = input.strategy || "stitch";
     // A painted mask is not carried over (the picture may differ): its edit re-runs with the auto lock.
     $("#pixel_lock").value = input.pixel_lock || "auto";
@@ -968,6 +1002,7 @@ async function tryAnotherModel() {
       const r = await api("GET", `/v1/predictions/${cur.id}/recipe`);
       const input = {...r.input, seed: cur.result.seed};
       delete input.num_outputs;
+      if (hosted($(`input[name="tier"][value="${tier}"]`))) { delete input.acceleration; delete input.draft; }
       pred = await api("POST", "/v1/predictions", {model: modelOf(tier), input});
     } else {
       pred = await api("POST", `/v1/predictions/${cur.id}/promote`, {tier});
@@ -1079,6 +1114,7 @@ function setupStudio() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
   });
   $$('input[name="tier"]').forEach((r) => r.addEventListener("change", updatePrice));
+  if ($("#acceleration")) $("#acceleration").addEventListener("change", updateSpeed);
   $$('input[name="aspect_ratio"]').forEach((r) => r.addEventListener("change", () => { updateEmpty(); fitCanvas(); }));
   $("#num-outputs").addEventListener("change", updatePrice);
   $("#seed").addEventListener("input", () => { $('input[name="seed_mode"][value="fixed"]').checked = true; });
