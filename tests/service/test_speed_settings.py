@@ -63,6 +63,13 @@ def test_no_speed_settings_keep_the_model_default(service: Any, accounts: SqlAcc
     assert backend.last_plan is not None and backend.last_plan.acceleration == "fast"  # the fast tier's profile
 
 
+def test_the_schema_lists_them(service: Any) -> None:
+    app, _ = service
+    schema = TestClient(app).get("/openapi.json").json()
+    words = schema["components"]["schemas"]["PredictionIn"]["properties"]["input"]["description"]
+    assert "acceleration (stock, lossless or fast" in words and "draft (true: half the steps" in words
+
+
 def test_the_bfl_shim_takes_them_too(service: Any, accounts: SqlAccounts) -> None:
     app, backend = service
     client, _ = user_client(app, accounts)

@@ -19,12 +19,19 @@ from kontext_studio.service.db import TERMINAL_JOB_STATUSES
 from kontext_studio.service.jobs.predictions import Submission, model_name, prefer_wait, tier_of
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
+INPUT_DESCRIPTION = (
+    "BFL's field names plus ours: prompt; input_image, input_image_2 ... input_image_8 (data URL, base64 or an "
+    "uploaded file:... id); seed; aspect_ratio or width and height; output_format (png, jpeg, webp); "
+    "num_inference_steps; guidance; num_outputs (1-4, each charged); strategy; roles; geometry; identity_guard; "
+    "candidates; pixel_lock or lock_mask; loras; safety_tolerance and prompt_upsampling (hosted models); "
+    "acceleration (stock, lossless or fast; null: the model's own) and draft (true: half the steps, softer) for "
+    "the models this server runs (hosted models refuse both). Unknown fields are refused (422).")
 
 
 class PredictionIn(BaseModel):
     model: str | None = Field(default=None, max_length=200)
     version: str | None = Field(default=None, max_length=200)
-    input: dict[str, Any]
+    input: dict[str, Any] = Field(description=INPUT_DESCRIPTION)
     webhook: str | None = Field(default=None, max_length=2000)
     webhook_events_filter: list[str] | None = Field(default=None, max_length=4)
 
