@@ -252,3 +252,109 @@ def test_erase_over_http_with_a_mask(app: Any, accounts: SqlAccounts) -> None:
     out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.int16)
     before = np.asarray(Image.open(io.BytesIO(src)).convert("RGB"), dtype=np.int16)
     assert np.abs(out - before)[:30].max() == 0 and np.abs(out - before)[50:70, 70:90].mean() > 0.5
+
+
+def wait_for(http: TestClient, pid: str) -> dict[str, Any]:
+    import time
+
+    for _ in range(400):
+        body = http.get(f"/v1/predictions/{pid}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(body)
+
+
+def test_ai_tool_runs_on_any_catalogue_model_that_edits_at_the_servers_price(engine: Engine,
+                                                                             accounts: SqlAccounts) -> None:
+    # The server's own price for klein 4B (KONTEXT_PRICES): listed and charged for the tool as for an edit.
+    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(step_seconds=0.01, resolution=128)}),
+                     SECRET, prices=(("klein-4b", 7),))
+    with TestClient(app):
+        http, uid = client_for(app, accounts, credits=30)
+        listing = http.get("/v1/tools").json()
+        relight = next(t for t in listing["ai"] if t["name"] == "relight")
+        # The Kontext keys existing clients read are still there, next to every other model that edits.
+        assert relight["credits"]["flux-kontext-dev"] == 5 and relight["credits"]["flux-kontext-max"] > 0
+        assert relight["credits"]["flux-2-klein-4b"] == 7 and relight["credits"]["qwen-image-edit-2511"] == 6
+        assert relight["credits"]["flux-2-pro"] == 6
+        models = {m["name"]: m for m in listing["models"]}
+        assert models["flux-2-klein-4b"]["full_name"] == "black-forest-labs/flux-2-klein-4b"
+        assert models["flux-2-klein-4b"]["configured"] is True and models["flux-2-klein-4b"]["credits"] == 7
+
+        image = data_url(photo_bytes("PNG"))
+        ids = []
+        for name in ("black-forest-labs/flux-2-klein-4b", "klein-4b"):  # named as predictions name it
+            r = http.post("/v1/tools/relight", json={"input_image": image, "model": name, "seed": 3})
+            assert r.status_code == 201, r.text
+            assert r.json()["model"] == "flux-2-klein-4b" and r.json()["tool"] == "relight"
+            ids.append(r.json()["id"])
+        plain = http.post("/v1/predictions", json={"model": "flux-2-klein-4b", "input": {
+            "prompt": "make it snowy", "input_image": image, "seed": 3}})
+        assert plain.status_code == 201
+        done = [wait_for(http, pid) for pid in (*ids, plain.json()["id"])]
+        assert {d["status"] for d in done} == {"succeeded"} and [d["cost"] for d in done] == [7, 7, 7]
+        assert {d["model"] for d in done} == {"flux-2-klein-4b"}
+        assert accounts.balance(uid).available == 30 - 3 * 7
+        with make_session_factory(engine)() as s:
+            def moves(job_id: str) -> list[tuple[str, int]]:
+                rows = s.scalars(select(LedgerEntry).where(LedgerEntry.job_id == job_id)
+                                 .order_by(LedgerEntry.id)).all()
+                return [(e.kind, e.amount) for e in rows]
+
+            assert moves(ids[0]) == moves(plain.json()["id"]) and moves(ids[0])
+
+
+def test_a_model_that_cannot_run_the_tool_is_refused_with_nothing_held(engine: Engine,
+                                                                       accounts: SqlAccounts) -> None:
+    # Only the Kontext backend here: klein 4B is listed as not available and refused before anything is held.
+    app = create_app(engine, MemoryStorage(), Editor({"diffusers": FakeBackend(resolution=128)}), SECRET)
+    with TestClient(app):
+        http, uid = client_for(app, accounts, credits=30)
+        models = {m["name"]: m for m in http.get("/v1/tools").json()["models"]}
+        assert models["flux-kontext-dev"]["configured"] is True and models["flux-2-klein-4b"]["configured"] is False
+        image = data_url(photo_bytes("PNG"))
+        before = ledger_rows(engine, uid)
+        r = http.post("/v1/tools/colorize", json={"input_image": image, "model": "flux-3-ultra"})
+        assert r.status_code == 422 and r.json()["field"] == "model", r.text
+        detail = r.json()["detail"]
+        assert "'flux-3-ultra'" in detail and "black-forest-labs/flux-2-klein-4b" in detail and "edits" in detail
+        r = http.post("/v1/tools/colorize", json={"input_image": image, "model": ["dev"]})
+        assert r.status_code == 422 and r.json()["field"] == "model"
+        r = http.post("/v1/tools/colorize", json={"input_image": image, "model": "flux-2-klein-4b"})
+        assert r.status_code == 501 and r.json()["code"] == "tier_not_configured", r.text
+        assert accounts.balance(uid).available == 30 and ledger_rows(engine, uid) == before
+        assert http.get("/v1/predictions").json()["results"] == []
+
+
+def test_a_model_that_only_generates_is_not_offered_and_is_a_422(engine: Engine) -> None:
+    import dataclasses
+
+    from kontext_studio.core.catalogue import ENTRIES, Catalogue, Task
+    from kontext_studio.service.models import ModelCatalogue
+
+    # A catalogue where klein 4B only makes pictures from text (no model of the shipped catalogue does).
+    entries = [dataclasses.replace(e, tasks=frozenset({Task.GENERATE})) if e.key == "klein-4b" else e
+               for e in ENTRIES]
+    catalogue = Catalogue(entries)
+    someone = UserRecord(id=10_000_000 + uuid.uuid4().int % 1000, email="x@example.com", name="x", is_admin=False,
+                         created_at=datetime.now(UTC))
+    submitted: list[Any] = []
+    application = FastAPI()
+    application.add_exception_handler(KontextError, kontext_error_handler)
+    application.include_router(tools_router(
+        storage=MemoryStorage(), sessions=make_session_factory(engine), settings_store=NoSettings(),
+        user=lambda *a: someone, signer=UrlSigner(SECRET), submit=lambda *a: submitted.append(a) or "p1",
+        get_job=lambda *a: None, envelope_for=lambda *a: {"id": "p1"},
+        models=ModelCatalogue(Editor({"fake": FakeBackend()}), False, catalogue)))
+    http = TestClient(application, headers={"Authorization": "Bearer k"})
+    listing = http.get("/v1/tools").json()
+    assert "flux-2-klein-4b" not in {m["name"] for m in listing["models"]}
+    assert "flux-2-klein-4b" not in listing["ai"][0]["credits"] and "flux-2-klein-9b" in listing["ai"][0]["credits"]
+    image = data_url(photo_bytes("PNG"))
+    r = http.post("/v1/tools/colorize", json={"input_image": image, "model": "black-forest-labs/flux-2-klein-4b"})
+    assert r.status_code == 422 and r.json()["field"] == "model", r.text
+    assert "only generates from text" in r.json()["detail"] and "flux-2-klein-9b" in r.json()["detail"]
+    assert submitted == []
+    r = http.post("/v1/tools/colorize", json={"input_image": image, "model": "flux-2-klein-9b"})
+    assert r.status_code == 201 and submitted[0][1] == "klein-9b"

@@ -1,15 +1,17 @@
 """``/v1/tools``: the free editing tools over HTTP, and the one-click AI tools as ordinary predictions.
 
 - ``GET /v1/tools``: every tool as data (parameters, limits, price: 0 for free tools, the edit price per model
-  for AI tools).
+  for AI tools, keyed by the model's name: ``flux-kontext-dev``, ``flux-2-klein-4b``...), and the models AI
+  tools run on (every catalogue model that edits, with whether it can run on this server).
 - ``POST /v1/tools/{name}`` for a free tool: multipart (``images`` files, optional ``mask`` file, ``format``,
   ``quality``, any other field is a parameter) or JSON (``images`` as your file ids or data URLs, ``mask``,
   ``params``, ``format``, ``quality``). Answers the picture itself, or with ``Accept: application/json`` stores
   it as one of your files and answers its id and URL (so it can go straight into an edit). Never charges;
   rate-limited per user and per address.
-- ``POST /v1/tools/{name}`` for an AI tool: JSON ``{"input_image", "model", "params", "seed"}``; it submits a
-  prediction through the same path as ``POST /v1/predictions`` (same price, same holds and refunds) and answers
-  its envelope.
+- ``POST /v1/tools/{name}`` for an AI tool: JSON ``{"input_image", "model", "params", "seed"}``; ``model`` is any
+  catalogue model that edits, named as predictions name models (default Kontext [dev]). It submits a prediction
+  through the same path as ``POST /v1/predictions`` (same price, same holds and refunds) and answers its
+  envelope.
 - ``GET`` / ``PUT /v1/tools/settings``: administrators open the free tools to visitors without an account
   (off by default).
 """
@@ -27,12 +29,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from kontext_studio.core.catalogue import CATALOGUE, Catalogue, ModelEntry
 from kontext_studio.core.errors import InvalidRequest, KontextError
-from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.limits import RateLimiter
 from kontext_studio.service.api.problems import Unauthorized
 from kontext_studio.service.inputs import upload_key, upload_sha256
+from kontext_studio.service.jobs.predictions import tier_of
+from kontext_studio.service.models import ModelCatalogue
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited
 from kontext_studio.service.storage.files_sql import SqlFiles
 from kontext_studio.service.storage.signed_urls import UrlSigner
@@ -70,13 +74,36 @@ class ToolSettings:
         self.store.put(VISITORS_SETTING, "1" if value else "0", by)
 
 
-def _tier_of(model: str | None) -> str:
-    name = (model or "flux-kontext-dev").split("/")[-1]
-    tier = name.removeprefix("flux-kontext-")
-    if tier not in TIERS:
-        names = ", ".join(f"flux-kontext-{t}" for t in TIERS)
-        raise InvalidRequest(f"model must be one of {names}; got {model!r}", field="model")
-    return tier
+DEFAULT_MODEL = "flux-kontext-dev"
+
+
+def edit_model(model: Any, catalogue: Catalogue = CATALOGUE) -> ModelEntry:
+    """The catalogue model an AI tool runs on: named as predictions name models, and one that edits.
+
+    Args:
+        model: the request's ``model`` (full name, its last part or short key; None or empty: Kontext [dev]).
+        catalogue: the server's catalogue (its prices are the ones charged).
+
+    Returns:
+        The model's entry.
+
+    Raises:
+        InvalidRequest: (field ``model``) an unknown name, or a model that only generates from text, naming the
+            value and the models an AI tool can run on.
+    """
+    text = model if model not in (None, "") else DEFAULT_MODEL
+    try:
+        entry: ModelEntry | None = catalogue.resolve(tier_of(text), "model")  # the predictions' own resolver
+    except InvalidRequest:
+        entry = None
+    if entry is not None and entry.can_edit:
+        return entry
+    editors = ", ".join(e.name for e in catalogue if e.can_edit)
+    shown = repr(model)[:120]
+    why = (f"{entry.title} ({entry.name}) only generates from text and cannot edit a photo" if entry is not None
+           else f"there is no model named {shown}")
+    raise InvalidRequest(f"model: {why}; AI tools are edits, so pick a model that edits: {editors}"[:1500],
+                         field="model")
 
 
 def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: Callable[..., UserRecord],
@@ -84,7 +111,7 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
                  submit: Callable[[UserRecord, str, dict[str, Any]], str], get_job: Callable[[int, str], Any],
                  envelope_for: Callable[[Request, Any], dict[str, Any]], free: bool = False,
                  per_user_limit: int = 30, per_address_limit: int = 60, open_to_visitors: bool = False,
-                 concurrency: int = 2) -> APIRouter:
+                 concurrency: int = 2, models: ModelCatalogue | None = None) -> APIRouter:
     """The tools routes.
 
     Args:
@@ -94,13 +121,15 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
             switch is kept.
         user: the service's authentication (raises ``Unauthorized`` without valid credentials).
         signer: signs file URLs handed back.
-        submit: submits a prediction for a user (``tier``, ``{"model", "input"}``) through the normal path and
-            returns its id: AI tools are charged exactly like an edit because they are one.
+        submit: submits a prediction for a user (the model's key, ``{"model", "input"}``) through the normal path
+            and returns its id: AI tools are charged exactly like an edit because they are one.
         get_job, envelope_for: read a prediction back and shape it like ``GET /v1/predictions/{id}``.
         free: the server's credit prices are off (AI tools then cost 0 like every edit).
         per_user_limit, per_address_limit: free tool runs per minute per user and per client address.
         open_to_visitors: the free tools' default openness to visitors without an account.
         concurrency: free tools running at once (they use every core they get).
+        models: the server's models (its catalogue and prices, and which can run here); None: the default
+            catalogue, every model listed as available.
     """
     router = APIRouter(tags=["tools"])
     files = SqlFiles(sessions)
@@ -122,21 +151,33 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
     # which FastAPI resolves in the module's globals, where a local alias does not exist.
     caller_dep = Depends(caller)
 
-    def prices() -> dict[str, int]:
-        return {f"flux-kontext-{name}": 0 if free else spec.price_credits for name, spec in TIERS.items()}
+    catalogue = models.catalogue if models is not None else CATALOGUE
+
+    def edit_models() -> list[dict[str, Any]]:
+        """Every catalogue model that edits, priced as an edit on it, with whether it can run here."""
+        if models is not None:
+            listed = [(m.entry, m.price, m.configured) for m in models.list(every=True) if m.entry is not None]
+        else:
+            listed = [(e, 0 if free else e.price_credits, True) for e in catalogue]
+        return [{"name": e.short_name, "full_name": e.name, "key": e.key, "title": e.title, "credits": price,
+                 "max_references": e.max_references, "local": e.local, "configured": configured}
+                for e, price, configured in listed if e.can_edit]
 
     @router.get("/v1/tools")
     def list_tools_route() -> dict[str, Any]:
-        """The free tools (parameters, limits, whether their model is installed) and the AI tools with prices."""
+        """The free tools (parameters, limits, whether their model is installed), the AI tools with their price on
+        every model that edits (``credits``, by model name), and those models with whether each can run here."""
         from kontext_studio.tools import list_tools
         from kontext_studio.tools.ai import AI_TOOLS
         from kontext_studio.tools.models import status
 
         installed = status()
+        editors = edit_models()
+        prices = {m["name"]: m["credits"] for m in editors}
         return {"free": [{**t.as_dict(), "installed": installed.get(t.model, True) if t.model else True}
                          for t in list_tools()],
-                "ai": [{**t.as_dict(prices()), "kind": "ai"} for t in AI_TOOLS.values()],
-                "open_to_visitors": settings.open_to_visitors}
+                "ai": [{**t.as_dict(prices), "kind": "ai"} for t in AI_TOOLS.values()],
+                "models": editors, "open_to_visitors": settings.open_to_visitors}
 
     @router.get("/v1/tools/settings")
     def get_settings(me: UserRecord | None = caller_dep) -> dict[str, Any]:
@@ -174,12 +215,12 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
             if not image:
                 raise InvalidRequest("input_image is required: your file id (file:...) or a data URL",
                                      field="input_image")
-            model = body.get("model") or "flux-kontext-dev"
+            entry = edit_model(body.get("model"), catalogue)  # refused before anything is held
             fields: dict[str, Any] = {"prompt": instruction, "input_image": image}
             for key in ("seed", "aspect_ratio", "output_format", "num_inference_steps"):
                 if body.get(key) is not None:
                     fields[key] = body[key]
-            job_id = await run_in_threadpool(submit, me, _tier_of(model), {"model": model, "input": fields})
+            job_id = await run_in_threadpool(submit, me, entry.key, {"model": entry.name, "input": fields})
             job = await run_in_threadpool(get_job, me.id, job_id)
             env = envelope_for(request, job)
             return JSONResponse({**env, "tool": ai.name, "instruction": instruction}, status_code=201)
