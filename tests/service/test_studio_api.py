@@ -235,6 +235,27 @@ def test_a_series_naming_another_family_is_judged_like_its_predictions(service: 
     assert len(client.get("/v1/predictions").json()["results"]) == listed
 
 
+def test_a_series_on_klein_runs_end_to_end_at_its_price(engine: Engine, accounts: SqlAccounts) -> None:
+    # Every model runs here (the fake backend stands in for all of them): a series on FLUX.2 [klein] 4B renders
+    # every scene on it, recorded under its name, at its catalogue price a scene.
+    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(step_seconds=0.005, resolution=128)}),
+                     SECRET, rate_limit=0, max_active_per_user=50)
+    with TestClient(app):
+        client, _ = user_client(app, accounts, credits=10)
+        file_id = upload(client, png())
+        r = client.post("/v1/series", {"model": "black-forest-labs/flux-2-klein-4b",
+                                       "input": {"input_image": file_id, "seed": 9},
+                                       "scenes": ["on a beach", "in the snow", "as a watercolour"]})
+        assert r.status_code == 201, r.text
+        series = r.json()
+        finished = [client.wait(i["prediction"]) for i in series["items"]]
+        assert {p["status"] for p in finished} == {"succeeded"}
+        assert {p["model"] for p in finished} == {"flux-2-klein-4b"} and [p["cost"] for p in finished] == [2, 2, 2]
+        assert client.get(f"/v1/series/{series['id']}").json()["done"]
+        assert client.get(f"/v1/series/{series['id']}/contact-sheet").status_code == 200
+        assert client.get("/v1/account").json()["credits"]["available"] == 10 - 3 * 2
+
+
 def test_studio_cookie_needs_its_csrf_token(engine: Engine, accounts: SqlAccounts) -> None:
     user = accounts.create_user(f"local-{uuid.uuid4().hex}@example.com")
     accounts.grant(user.id, 10)

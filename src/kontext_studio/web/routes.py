@@ -19,7 +19,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from kontext_studio.core.errors import KontextError
-from kontext_studio.core.registry import TIERS
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.analysis import ROLES
 from kontext_studio.service.api.deps import is_local_request
@@ -149,9 +148,10 @@ def mount_studio(app: FastAPI) -> None:
         page = signed_in(request)
         if isinstance(page, Response):
             return page
-        cards = tiers(svc_of(request))
+        # Every scene edits the same references: every catalogue model that edits, those this server cannot run
+        # disabled (the studio's cards decide that).
+        cards = [c for c in tiers(svc_of(request)) if c["edits"]]
         ready = [c["name"] for c in cards if c["configured"]]
-        cards = [c for c in cards if c["name"] in TIERS]  # series run on the Kontext models
         return render(request, page, "series.html", tiers=cards, roles=ROLES, aspects=ASPECTS,
                       default_tier="dev" if "dev" in ready else (ready[0] if ready else "dev"))
 

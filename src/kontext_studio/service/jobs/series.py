@@ -76,7 +76,7 @@ class SeriesService:
                 # The first scene passes every check a submission does (rate limit, active-job cap); the rest
                 # carry an idempotency key, so a series counts once toward the cap and a retry repeats nothing.
                 job_id, _ = self.predictions.submit(
-                    me, tier, Submission(input={**shared, "prompt": scene}, model=f"flux-kontext-{tier}"),
+                    me, tier, Submission(input={**shared, "prompt": scene}, model=entry.name),
                     idempotency_key=None if n == 0 else f"series:{series_id}:{n}")
                 ids.append(job_id)
         except KontextError:
