@@ -114,6 +114,26 @@ def test_kontext_and_klein_jobs_alternate_on_one_server(two_models: Editor, engi
     assert isinstance(two_models.warm, WarmPool) and two_models.warm.evictions >= 3  # one warm at a time
 
 
+def test_an_ai_tool_runs_on_tiny_klein_like_an_edit(two_models: Editor, engine: Engine,
+                                                    accounts: SqlAccounts) -> None:
+    # The real FLUX.2 [klein] pipeline (tiny, random weights): the tool's instruction is the prompt it ran, at
+    # klein's price, recorded under klein's name, with a picture the size of the photo.
+    app = create_app(engine, MemoryStorage(), two_models, SECRET)
+    with TestClient(app):
+        client, _ = user_client(app, accounts, credits=10)
+        r = client.post("/v1/tools/colorize", {"input_image": data_url(png(256, 192)), "seed": 5,
+                                               "model": "black-forest-labs/flux-2-klein-4b",
+                                               "num_inference_steps": 2, "params": {"hint": "a red coat"}})
+        assert r.status_code == 201, r.text
+        assert r.json()["instruction"].startswith("Colorize this black-and-white photograph")
+        done = client.wait(r.json()["id"], timeout=120)
+        assert done["status"] == "succeeded", done
+        assert done["model"] == "flux-2-klein-4b" and done["cost"] == 2 and "a red coat" in done["input"]["prompt"]
+        picture = Image.open(io.BytesIO(client.http.get(done["output"]).content))
+        assert picture.size[0] * 192 == picture.size[1] * 256  # the photo's shape
+        assert client.get("/v1/account").json()["credits"] == {"available": 8, "held": 0}
+
+
 def test_celery_jobs_go_to_their_model_queue_and_workers_take_only_theirs(engine: Engine, db_url: str,
                                                                           accounts: SqlAccounts) -> None:
     from types import SimpleNamespace

@@ -130,6 +130,27 @@ def test_ai_tool_runs_as_an_edit_with_its_instruction(tiny_model_dir: Path, tmp_
     assert read_recipe(out)["instruction"] == report["instruction"]
 
 
+def test_ai_tool_runs_on_another_catalogue_model(tmp_path: Path, monkeypatch) -> None:
+    from kontext_studio.core.recipe import read_recipe
+    from kontext_studio.testing.tiny_model import build_tiny_model
+
+    # FLUX.2 [klein] 4B on its tiny pipeline (random weights): named like kontext edit names it.
+    klein = build_tiny_model(tmp_path / "tiny-klein", family="klein")
+    monkeypatch.setenv("KONTEXT_HOME", str(tmp_path / "home"))
+    src = tmp_path / "old.png"
+    photo("camera").resize((64, 64)).convert("RGB").save(src)
+    out = tmp_path / "lit.png"
+    code, text, err = kontext("tool", "relight", src, "-o", out, "--light", "warm candle light", "--model",
+                              "klein-4b", "--weights", klein, "--steps", "2", "--seed", "3", "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    assert "warm candle light" in report["instruction"]
+    recipe = read_recipe(out)
+    assert recipe["instruction"] == report["instruction"] and "klein" in json.dumps(recipe).lower()
+    code, _, err = kontext("tool", "relight", src, "-o", tmp_path / "x.png", "--model", "flux-3-ultra")
+    assert code == 2 and "flux-3-ultra" in err and "klein-4b" in err and not (tmp_path / "x.png").exists()
+
+
 def test_tool_output_carries_content_credentials_that_break_when_tampered(jpg: Path, tmp_path: Path,
                                                                           monkeypatch) -> None:
     pytest.importorskip("c2pa")

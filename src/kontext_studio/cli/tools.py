@@ -1,6 +1,7 @@
 """``kontext tools`` (list) and ``kontext tool NAME IN... -o OUT [--param value]`` (run one).
 
-Free tools run here on the CPU; AI tools are preset instructions run as an ordinary edit on the chosen tier.
+Free tools run here on the CPU; AI tools are preset instructions run as an ordinary edit on the chosen model (any
+catalogue model that edits: ``--tier`` for Kontext, ``--model`` for any other).
 Heavy imports (models, the engine) happen inside the commands.
 """
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kontext_studio.cli.common import BaseOpt, ModelOpt, WeightsOpt
 from kontext_studio.cli.output import err, escape, handles_errors, out, print_json
 from kontext_studio.core.errors import InvalidRequest
 
@@ -44,14 +46,16 @@ def _split_params(tokens: list[str], bool_names: set[str]) -> tuple[list[str], d
 
 
 def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False) -> None:
-    """List the free tools and the one-click AI tools (with their price per tier)."""
-    from kontext_studio.core.registry import TIERS
+    """List the free tools and the one-click AI tools (with their price on every model that edits)."""
+    from kontext_studio.bootstrap import catalogue
+    from kontext_studio.settings import Settings
     from kontext_studio.tools import list_tools
     from kontext_studio.tools.ai import AI_TOOLS
     from kontext_studio.tools.models import status
 
     installed = status()
-    prices = {name: spec.price_credits for name, spec in TIERS.items()}
+    # Keyed by the short names --tier and --model take (dev, klein-4b), at this installation's prices.
+    prices = {e.key: e.price_credits for e in catalogue(Settings.from_env()) if e.can_edit}
     if as_json:
         print_json({"free": [{**t.as_dict(), "installed": installed.get(t.model, True) if t.model else True}
                              for t in list_tools()],
@@ -62,7 +66,7 @@ def tools_list(as_json: Annotated[bool, typer.Option("--json", help="Print the r
         missing = " [yellow](model not installed)[/]" if t.model and not installed.get(t.model, True) else ""
         out.print(f"  [cyan]{escape(f'{t.name:20}')}[/] {escape(f'{t.description}{missing}')}", highlight=False)
     price_text = ", ".join(f"{k} {v}" for k, v in prices.items())
-    out.print(f"\n[bold]AI tools[/] (an edit on the tier you pick, priced like one: {price_text} credits):")
+    out.print(f"\n[bold]AI tools[/] (an edit on the model you pick, priced like one: {price_text} credits):")
     for a in AI_TOOLS.values():
         out.print(f"  [cyan]{escape(f'{a.name:22}')}[/] {escape(a.description)}", highlight=False)
     out.print(escape("\nRun one: kontext tool NAME IN... -o OUT [--param value]; its parameters: kontext tool NAME "
@@ -92,7 +96,8 @@ def _print_params(name: str) -> None:
         out.print(f"  --{p.name.replace('_', '-'):16} {p.help} [{allowed}; default {p.default}]", highlight=False,
                   markup=False)
     if ai:
-        out.print("  --tier, --model, --seed: which model runs the edit (priced like an edit on that tier)")
+        out.print("  --tier (Kontext) or --model (any model that edits, see kontext models), --weights, --seed: which "
+                  "model runs the edit (priced like an edit on that model)")
 
 
 @handles_errors
@@ -103,9 +108,11 @@ def tool_run(
                                                 "info and inspect print instead.")] = None,
     mask: Annotated[Path | None, typer.Option(help="Mask image: white = the area to work on (erase).")] = None,
     quality: Annotated[int, typer.Option(help="Quality of a JPEG, WebP or AVIF output (1-100).")] = 92,
-    tier: Annotated[str, typer.Option(help="AI tools: the tier that runs the edit.")] = "dev",
-    model: Annotated[str | None, typer.Option(help="AI tools: hub repo id, diffusers folder or checkpoint.")]
-    = None,
+    tier: Annotated[str, typer.Option(help="AI tools: the Kontext tier that runs the edit (--model names any "
+                                      "other model that edits).")] = "dev",
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    base: BaseOpt = None,
     seed: Annotated[int | None, typer.Option(help="AI tools: seed.")] = None,
     steps: Annotated[int | None, typer.Option(help="AI tools: denoising steps.")] = None,
     show_help: Annotated[bool, typer.Option("--help-params", hidden=True)] = False,
@@ -126,7 +133,7 @@ def tool_run(
     if not inputs:
         raise InvalidRequest(f"give the input image(s): kontext tool {name} photo.jpg -o out.png", field="images")
     if ai is not None:
-        _run_ai(ai, inputs, raw, output, tier, model, seed, steps, as_json)
+        _run_ai(ai, inputs, raw, output, (tier, model, weights, base), seed, steps, as_json)
         return
     assert spec is not None
     _run_free(spec, inputs, raw, output, mask, quality, as_json)
@@ -186,22 +193,36 @@ def _run_free(spec: Any, inputs: list[str], raw: dict[str, Any], output: Path | 
                 out.print(escape(f"  {key}: {value}"), highlight=False)
 
 
-def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None, tier: str, model: str | None,
-            seed: int | None, steps: int | None, as_json: bool) -> None:
-    from kontext_studio.cli.common import settings_for
+def _run_ai(ai: Any, inputs: list[str], raw: dict[str, Any], output: Path | None,
+            choice: tuple[str, str | None, str | None, str | None], seed: int | None, steps: int | None,
+            as_json: bool) -> None:
+    """Run an AI tool as an edit on the chosen model (``choice``: --tier, --model, --weights, --base).
+
+    Raises:
+        InvalidRequest: no output file, a bad parameter, or a model that cannot edit (naming those that can).
+    """
+    from kontext_studio.cli.common import model_choice, model_settings
     from kontext_studio.cli.edit import output_format_for, prepare_engine, report
     from kontext_studio.cli.output import progress_bars
+    from kontext_studio.core.catalogue import CATALOGUE
     from kontext_studio.core.preflight import preflight
     from kontext_studio.core.types import EditRequest, Reference
 
+    tier, model, weights, base = choice
     if output is None:
         raise InvalidRequest(f"name the output file: kontext tool {ai.name} photo.jpg -o out.png", field="output")
     instruction = ai.build(raw)
-    request = EditRequest(references=[Reference(p) for p in inputs], instruction=instruction, tier=tier, seed=seed,
-                          steps=steps, output_format=output_format_for(output, None, format_flag=False))
-    # Like ``kontext edit``: files, tier, seed and the weights are checked before torch loads.
+    name, kontext_weights = model_choice(model)
+    request = EditRequest(references=[Reference(p) for p in inputs], instruction=instruction, tier=tier, model=name,
+                          seed=seed, steps=steps, output_format=output_format_for(output, None, format_flag=False))
+    entry = request.entry()
+    if not entry.can_edit:
+        editors = ", ".join(e.key for e in CATALOGUE if e.can_edit)
+        raise InvalidRequest(f"--model {model}: {entry.title} only generates from text, and {ai.name} edits your "
+                             f"photo; pick a model that edits: {editors}", field="model")
+    # Like ``kontext edit``: files, model, seed and the weights are checked before torch loads.
     checked = preflight(request)
-    editor = prepare_engine(settings_for(model, None, None, None), checked.tier)
+    editor = prepare_engine(model_settings(checked.entry, kontext_weights, weights, base, None, None), checked.entry)
     with progress_bars(not as_json) as on_progress:
         result = editor.edit(request, on_progress=on_progress)
     path = result.save(output)
