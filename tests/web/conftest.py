@@ -294,6 +294,22 @@ def tiny_studio(tmp_path_factory: pytest.TempPathFactory, backend: Any) -> Itera
     engine.dispose()
 
 
+@pytest.fixture()
+def klein(tiny_studio: TinyStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """FLUX.2 [klein] 4B on its tiny model (random weights, the real pipeline), installed on the server for one
+    test and taken away after it."""
+    from kontext_studio.core.backends.diffusers_flux2 import Flux2KleinBackend
+    from kontext_studio.core.catalogue import get_model
+    from kontext_studio.core.weights import ModelSource
+    from kontext_studio.testing.tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("klein") / "tiny-klein", family="klein")
+    backend = Flux2KleinBackend(get_model("klein-4b"), ModelSource.parse(str(folder)))
+    tiny_studio.editor.use_backend("klein-4b", backend)
+    yield
+    tiny_studio.editor.use_backend("klein-4b", None)
+
+
 def credits_agree(pg: Any, tiny: TinyStudio) -> int:
     """Credits shown in the header = the API's balance = the sum of the ledger's movements on the available
     account; returns that figure."""

@@ -36,22 +36,6 @@ def signed_in(browser: Any, tiny_studio: TinyStudio) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-@pytest.fixture()
-def klein(tiny_studio: TinyStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """FLUX.2 [klein] 4B on its tiny model (random weights, the real pipeline), installed on the server for one
-    test and taken away after it."""
-    from kontext_studio.core.backends.diffusers_flux2 import Flux2KleinBackend
-    from kontext_studio.core.catalogue import get_model
-    from kontext_studio.core.weights import ModelSource
-    from kontext_studio.testing.tiny_model import build_tiny_model
-
-    folder = build_tiny_model(tmp_path_factory.mktemp("klein") / "tiny-klein", family="klein")
-    backend = Flux2KleinBackend(get_model("klein-4b"), ModelSource.parse(str(folder)))
-    tiny_studio.editor.use_backend("klein-4b", backend)
-    yield
-    tiny_studio.editor.use_backend("klein-4b", None)
-
-
 def generate(page: Any, model: str) -> dict[str, Any]:
     """Click Generate, wait for the result made on ``model`` and return the body posted to /v1/predictions."""
     with page.expect_request(lambda r: r.url.endswith("/v1/predictions") and r.method == "POST") as sent:

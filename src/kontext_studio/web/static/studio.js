@@ -392,7 +392,7 @@ function lockText(result, recipe) {
 
 // ---- the canvas: the picture is the page ----------------------------------------------------------
 const studio = {current: null, batch: [], stream: null, timers: [], parent: null, session: null, turns: [],
-                beforeUrl: null, lastInput: null, view: "empty", shown: null};
+                beforeUrl: null, lastInput: null, view: "empty", shown: null, aiTools: new Map()};
 
 // What the canvas shows: "empty" (first steps), "image" (the first reference), "result" (compare), "grid".
 function showCanvas(view) {
@@ -531,6 +531,7 @@ function updatePrice() {
   if (submit) submit.setAttribute("aria-disabled", refs.length || generates(chosen) ? "false" : "true");
   updateEmpty();
   updateSpeed();
+  updateToolPrices();
 }
 
 function num(id) {
@@ -1029,7 +1030,7 @@ async function loadTools() {
   try { listing = await api("GET", "/v1/tools"); } catch (err) { return; }  // a server without tools: no panel
   const list = $("#tool-list");
   list.replaceChildren();
-  const paid = document.querySelector(".credits strong");
+  studio.aiTools.clear();
   for (const t of (listing.free || []).filter((x) => CANVAS_TOOL_CATEGORIES.includes(x.category) && oneClick(x))) {
     const btn = el("button", {type: "button", "data-tool": t.name, title: t.description},
                    el("span", {text: t.title}), el("span", {class: "pill free", text: "free"}));
@@ -1042,19 +1043,37 @@ async function loadTools() {
     list.append(el("li", {}, btn));
   }
   for (const t of (listing.ai || []).filter(oneClick)) {
-    const price = (t.credits || {})[`flux-kontext-${toolTier(t)}`];
-    const btn = el("button", {type: "button", "data-tool": t.name, title: t.description},
-                   el("span", {text: t.title}), el("span", {class: "pill", text: paid ? `${price ?? "?"} cr` : "free"}));
+    const btn = el("button", {type: "button", "data-tool": t.name, "data-ai-tool": "yes", title: t.description},
+                   el("span", {text: t.title}), el("span", {class: "pill"}));
     btn.addEventListener("click", () => runAiTool(t));
+    studio.aiTools.set(t.name, {tool: t, button: btn});
     list.append(el("li", {}, btn));
   }
+  updateToolPrices();
   box.hidden = !list.children.length;
 }
 
-// AI tools run on the Kontext models: the chosen one when it is one of them, else Kontext [dev].
-function toolTier(tool) {
-  const tier = selectedTier();
-  return (tool.credits || {})[`flux-kontext-${tier}`] === undefined ? "dev" : tier;
+// The name prices are listed under: the last part of the catalogue name (flux-2-klein-4b).
+function shortModel(name) { return String(name).split("/").pop(); }
+
+// AI tools are edits: they run on the chosen model when it edits (any catalogue model), else on Kontext [dev].
+function toolModel(tool) {
+  const card = $('input[name="tier"]:checked');
+  const chosen = card && card.dataset.edits === "yes" ? modelOf(card.value) : null;
+  return chosen && (tool.credits || {})[shortModel(chosen)] !== undefined ? chosen : "black-forest-labs/flux-kontext-dev";
+}
+
+// Each AI tool's pill says what it costs on the model it would run on (they follow the model cards).
+function updateToolPrices() {
+  const paid = document.querySelector(".credits strong");
+  for (const {tool, button} of studio.aiTools.values()) {
+    const model = toolModel(tool);
+    const price = (tool.credits || {})[shortModel(model)];
+    const card = $(`input[name="tier"][data-model="${model}"]`);
+    button.querySelector(".pill").textContent = paid ? `${price ?? "?"} cr` : "free";
+    button.dataset.model = model;
+    button.title = `${tool.description} Runs as an edit on ${card ? card.dataset.title : shortModel(model)}.`;
+  }
 }
 
 // The picture in the canvas as one of your files: the shown result (uploaded again) or the first reference.
@@ -1097,8 +1116,10 @@ async function runAiTool(tool) {
   const source = await canvasFile().catch(() => null);
   if (!source) { status.textContent = "Add a photo first: tools work on the picture in the canvas."; return; }
   try {
-    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model: modelOf(toolTier(tool))});
-    status.textContent = `${tool.title}: running as an edit (${pred.cost} credits).`;
+    const model = toolModel(tool);
+    const card = $(`input[name="tier"][data-model="${model}"]`);
+    const pred = await api("POST", `/v1/tools/${tool.name}`, {input_image: source.id, model});
+    status.textContent = `${tool.title}: running as an edit on ${card ? card.dataset.title : shortModel(model)} (${pred.cost} credits).`;
     studio.beforeUrl = studio.view === "result" && studio.current ? studio.current.output : (refs[0] || {}).url;
     refreshCredits();
     track([pred]);
