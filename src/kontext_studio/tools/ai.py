@@ -2,8 +2,8 @@
 
 Each preset is a prompt template that follows the editing advice the engine's prompt coach gives: say the
 change precisely, then say what must stay the same. The instruction it makes is an ordinary edit: it runs on
-any model that edits (every tier), goes through the normal prediction path and costs exactly what an edit on
-that model costs.
+any catalogue model that edits (every Kontext tier, FLUX.2, Qwen-Image-Edit), goes through the normal
+prediction path and costs exactly what an edit on that model costs.
 """
 
 from __future__ import annotations
