@@ -44,6 +44,7 @@ def test_lossless_draft_runs_with_half_the_steps_and_says_so(service: Any, accou
     recipe = done["result"]["recipe"]
     assert recipe["draft"] is True and recipe["steps"] == 4
     assert backend.last_plan is not None and backend.last_plan.acceleration == "lossless"
+    assert recipe["acceleration"]["profile"] == "lossless"
     assert done["cost"] == 4  # a draft costs what the model costs
 
     # Reuse: the recipe endpoint gives the settings back as they can be submitted again.

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kontext_studio.core.acceleration import AccelerationReport
 from kontext_studio.core.backends.base import (
     CancelFn,
     EditBackend,
@@ -146,8 +147,12 @@ class FakeBackend(EditBackend):
         t = time.perf_counter()
         image = render(plan)
         timings["decode"] = time.perf_counter() - t
+        # The profile as asked, with nothing to accelerate: the fake says so as a real backend names a fallback.
+        acceleration = AccelerationReport(plan.acceleration or "stock", step_cache=plan.step_cache,
+                                          step_cache_threshold=plan.step_cache_threshold,
+                                          fallbacks=["fake backend: no model to accelerate"])
         info = {"loras": [{"path": lo.path, "weight": lo.weight} for lo in plan.loras], "fake": True,
-                "step_cache": plan.step_cache}
+                "step_cache": plan.step_cache, "acceleration": acceleration.as_dict()}
         return GenerationOutput(image=image, timings=timings, info=info,
                                 warnings=["fake backend: the output is a test pattern, not an edit"])
 
