@@ -213,6 +213,20 @@ def test_two_workers_run_every_job_exactly_once_and_capture_once(cluster: Callab
     assert c.wait(lost, timeout=30)[lost[0]].status == "succeeded"
 
 
+def test_the_reaper_counts_messages_waiting_in_every_model_queue(cluster: Callable[..., Cluster]) -> None:
+    """A klein job waits in its model's queue: the reaper counts it there and sends no duplicate."""
+    c = cluster()
+    uid = c.user(50)
+    body = normalize_input({"prompt": "as an oil painting", "input_image": data_url(png()),
+                            "num_inference_steps": 2}, "klein-4b", c.storage)
+    job_id, _ = c.store.submit(uid, "klein-4b", "flux-2-klein-4b", body, 2)
+    c.dispatcher.enqueue(job_id)
+    assert c.dispatcher.queued() == 1  # in kontext.klein-4b, which no base-queue worker takes
+    report = reap_once(c.store, c.dispatcher, stale_after=0.0)
+    assert report.missing == 0 and report.resent == []
+    assert c.dispatcher.queued() == 1
+
+
 def test_a_job_whose_worker_is_killed_is_reaped_and_finished_by_another(cluster: Callable[..., Cluster]) -> None:
     c = cluster(editor_options={"step_min": 0.1, "step_max": 0.1}, lease_seconds=2)
     c.pool.start(2)

@@ -293,20 +293,28 @@ class CeleryDispatcher:
         self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
 
     def queued(self) -> int:
-        """Messages waiting in the broker's queue (not those a worker holds while running their job)."""
-        queue = self.app.conf.kontext_queue
+        """Messages waiting in the broker, over the base queue and every local model's queue (not those a
+        worker holds while running their job): the reaper compares this with every waiting job."""
         with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            size = getattr(channel, "_size", None)
-            if size is not None:  # kombu's virtual transports (Redis): the lengths of the queue's lists
-                return int(size(queue))  # (a passive declare checks EXISTS without the key prefix: kombu bug)
-            try:
-                declared = channel.queue_declare(queue=queue, passive=True)
-            except ChannelError as exc:
-                if str(getattr(exc, "reply_code", "")) == "404":  # Redis drops an empty queue's list: none waits
-                    return 0
-                raise
-            return int(declared.message_count)
+            return sum(_queue_size(conn.default_channel, q) for q in all_queues(self.app.conf.kontext_queue))
+
+
+def all_queues(base: str) -> list[str]:
+    """Every queue a job may wait in: the base queue and one per local model that has its own."""
+    return list(dict.fromkeys([base, *(model_queue(base, e.key) for e in CATALOGUE.local())]))
+
+
+def _queue_size(channel: Any, queue: str) -> int:
+    size = getattr(channel, "_size", None)
+    if size is not None:  # kombu's virtual transports (Redis): the lengths of the queue's lists
+        return int(size(queue))  # (a passive declare checks EXISTS without the key prefix: kombu bug)
+    try:
+        declared = channel.queue_declare(queue=queue, passive=True)
+    except ChannelError as exc:
+        if str(getattr(exc, "reply_code", "")) == "404":  # Redis drops an empty queue's list: none waits
+            return 0
+        raise
+    return int(declared.message_count)
 
 
 def worker_argv(app: Celery, hostname: str | None = None, loglevel: str = "INFO",
