@@ -7,7 +7,7 @@ code and read back through diffusers' GGUF loader. It prints, per format: PSNR o
 full precision, the mean absolute difference of the final latents, and the bytes of the transformer's linear
 weights against the same weights in bf16 (Q8_0 is 34 bytes per 32 values: 0.53x). It also runs the ``lossless``
 profile with regional compilation forced on the CPU (stated tolerance: latents within 1e-4) and the ``fast``
-profile's step cache, counting the transformer-block calls it skipped.
+profile's step cache, counting the linear-layer calls inside the repeated blocks that it skipped.
 
 The tiny models are 32 wide, too narrow for K-quant blocks (256 values per row); by default their transformers
 are widened to 256 (4 heads of 64) so that Q6_K/Q5_K/Q4_K are really used (``--narrow`` keeps the stock tiny
@@ -184,13 +184,17 @@ def images_of(pipe: Any, fam: Family, image: Any, steps: int) -> tuple[Any, np.n
 
 
 def count_block_calls(transformer: Any) -> Callable[[], int]:
-    """Counts forward calls of the transformer's repeated blocks' inner modules (skipped blocks make none)."""
+    """Counts forward calls of the linear layers inside the transformer's repeated blocks: a step cache that
+    skips a whole block (MagCache, first-block) or only its attention (TaylorSeer's forecasts) makes fewer."""
+    import torch
+
     counter = {"n": 0}
     names = getattr(transformer, "_repeated_blocks", None) or []
     for mod in transformer.modules():
         if type(mod).__name__ in names:
-            first = next(iter(mod.children()))
-            first.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+            for inner in mod.modules():
+                if isinstance(inner, torch.nn.Linear):
+                    inner.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
     return lambda: counter["n"]
 
 
@@ -289,8 +293,8 @@ def print_family(r: dict[str, Any]) -> None:
             f"{c['psnr_db']} dB; first run {c['first_run_s']} s (compiling), then {c['warm_run_s']} s")
     if "step_cache" in r:
         s = r["step_cache"]
-        say(f"  step cache {s['kind']} (threshold {s['threshold']}): {s['block_calls']} block calls vs "
-            f"{s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the mechanism, "
+        say(f"  step cache {s['kind']} (threshold {s['threshold']}): {s['block_calls']} linear-layer calls in the "
+            f"blocks vs {s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the mechanism, "
             "not a quality claim)")
     if "step_cache_note" in r:
         say(f"  step cache: {r['step_cache_note']}")
