@@ -32,7 +32,10 @@ class Settings:
         face_model: an ArcFace-class ONNX model for identity scores instead of dlib's
             (``KONTEXT_FACE_MODEL``).
         database_url: the service database (``KONTEXT_DATABASE_URL``; default SQLite in ``home``).
-        broker_url: Redis URL for Celery workers (``KONTEXT_BROKER_URL``); unset: in-process worker.
+        broker_url: Redis URL for Celery workers (``KONTEXT_BROKER_URL``); unset: in-process worker. The API
+            processes also count the rate limits there, so every process behind a load balancer shares them.
+        broker_prefix: prefix of every Redis key this installation uses, broker and rate limits
+            (``KONTEXT_BROKER_PREFIX``), so several installations share one Redis.
         secret: server secret for signed URLs (``KONTEXT_SECRET``; default a random one kept in ``home``).
         free: switch credit prices off for a private install (``KONTEXT_FREE``).
         local_credits: credits granted to the local admin created on first start (``KONTEXT_LOCAL_CREDITS``).
@@ -70,6 +73,7 @@ class Settings:
     face_model: str | None = None
     database_url: str | None = None
     broker_url: str | None = None
+    broker_prefix: str = ""
     secret: str | None = None
     free: bool = False
     local_credits: int = 1000
@@ -108,6 +112,7 @@ class Settings:
             face_model=e.get("KONTEXT_FACE_MODEL") or None,
             database_url=e.get("KONTEXT_DATABASE_URL") or None,
             broker_url=e.get("KONTEXT_BROKER_URL") or None,
+            broker_prefix=e.get("KONTEXT_BROKER_PREFIX") or "",
             secret=e.get("KONTEXT_SECRET") or None,
             free=e.get("KONTEXT_FREE", "").lower() in _TRUE,
             local_credits=int(e.get("KONTEXT_LOCAL_CREDITS", "1000")),

@@ -98,7 +98,7 @@ def _include_factory_routers(app: FastAPI, services: Services) -> None:
     app.include_router(tools_router(storage=services.storage, sessions=services.jobs.sessions, user=current_user,
                                     settings_store=app.state.server_settings, signer=services.signer,
                                     free=services.free, submit=submit, get_job=services.predictions.get,
-                                    models=services.models,
+                                    models=services.models, limiters=services.limiters,
                                     envelope_for=lambda request, job: services.predictions.envelope(base_of(request),
                                                                                                    job)))
 

@@ -15,7 +15,6 @@ from kontext_studio.core.catalogue import CATALOGUE
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import KontextError
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
-from kontext_studio.service.api.limits import RateLimiter
 from kontext_studio.service.background import BackgroundService
 from kontext_studio.service.container import ServiceOptions, Services
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, make_session_factory
@@ -25,6 +24,7 @@ from kontext_studio.service.jobs.predictions import PredictionService, SubmitPol
 from kontext_studio.service.jobs.reaper import Reaper
 from kontext_studio.service.jobs.series import SeriesService
 from kontext_studio.service.jobs.worker import InProcessWorker
+from kontext_studio.service.limits import LimiterFactory, memory_limiters
 from kontext_studio.service.models import ModelCatalogue
 from kontext_studio.service.security.ssrf import safe_client
 from kontext_studio.service.storage.file_service import FileService
@@ -54,6 +54,21 @@ def build_job_store(engine: Any, *, free: bool = False) -> tuple[Any, SqlAccount
     return sessions, accounts, JobStore(sessions, accounts)
 
 
+def build_limiters(opts: ServiceOptions) -> LimiterFactory:
+    """Where the rate limits count: in Redis when the installation has one (several API processes then share
+    one count; a client gets each limit once, not once per process), else in this process's memory.
+
+    With Redis, a request finding it unreachable is not refused for it: the limiter counts in memory for a
+    while and logs a warning (``limits_redis.RedisRateLimiter``). That choice is deliberate: the limits
+    protect the service and must never be what takes it down.
+    """
+    if opts.limits_redis_url:
+        from kontext_studio.service.limits.limits_redis import RedisLimiters
+
+        return RedisLimiters(opts.limits_redis_url, opts.limits_key_prefix)
+    return memory_limiters
+
+
 def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
                    options: ServiceOptions | None = None) -> Services:
     """Build every part of the HTTP service.
@@ -76,10 +91,11 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
     sessions, accounts, jobs = build_job_store(engine, free=opts.free)
     files = SqlFiles(sessions)
     signer = UrlSigner(secret)
+    limiters = build_limiters(opts)
     policy = SubmitPolicy(free=opts.free, max_active_per_user=opts.max_active_per_user,
                           allow_http_webhooks=opts.allow_http_webhooks, webhook_policy=opts.webhook_policy,
                           image_urls=opts.image_urls, dispatcher=opts.dispatcher,
-                          limiter=RateLimiter(opts.rate_limit, 60.0),
+                          limiter=limiters("predictions", opts.rate_limit, 60.0),
                           catalogue=CATALOGUE.with_prices(dict(opts.prices)) if opts.prices else CATALOGUE)
     predictions = PredictionService(jobs, files, storage, editor, signer, policy)
     base_url = opts.public_url.rstrip("/")
@@ -123,6 +139,7 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
                                  unavailable=TRAINING_NEEDS_LOCAL if opts.dispatcher is not None else None,
                                  accounts=accounts),
         studio_auth=StudioAuth(secret, sessions=sessions), notifier=outbox, worker=worker, background=background,
+        limiters=limiters,
         extras={"library": SqlLibrary(sessions, secret), "server_settings": SqlServerSettings(sessions, secret)},
     )
 

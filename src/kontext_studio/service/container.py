@@ -20,6 +20,7 @@ from kontext_studio.service.jobs.edit_sessions import EditSessions
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.predictions import PredictionService
 from kontext_studio.service.jobs.series import SeriesService
+from kontext_studio.service.limits import LimiterFactory, memory_limiters
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address
 from kontext_studio.service.storage.file_service import FileService
 from kontext_studio.service.storage.signed_urls import UrlSigner
@@ -48,6 +49,11 @@ class ServiceOptions:
         public_url: how clients reach this server (used in webhook payloads, which have no request).
         webhook_policy, allow_http_webhooks: which webhook targets are acceptable.
         rate_limit: submissions per user per minute (0: unlimited).
+        limits_redis_url: count the rate limits (submits, free tools) in this Redis, shared by every API
+            process (the installation's ``KONTEXT_BROKER_URL``); None: in this process's memory (one API
+            process).
+        limits_key_prefix: put before every rate-limit key in that Redis (``KONTEXT_BROKER_PREFIX``), so
+            several installations share one Redis.
         max_active_per_user: waiting + running predictions a user may have at once.
         dispatcher: send jobs to Celery workers instead of the in-process worker.
         image_urls: accept image URLs in inputs through this SSRF-guarded fetcher (None: refused).
@@ -65,6 +71,8 @@ class ServiceOptions:
     webhook_policy: AddressPolicy = is_public_address
     allow_http_webhooks: bool = False
     rate_limit: int = 60
+    limits_redis_url: str | None = None
+    limits_key_prefix: str = ""
     max_active_per_user: int = 8
     dispatcher: Dispatcher | None = None
     image_urls: ImageFetcher | None = None
@@ -94,6 +102,7 @@ class Services:
     notifier: Notifier
     worker: InProcessWorker
     background: list[BackgroundService] = field(default_factory=list)
+    limiters: LimiterFactory = memory_limiters  # builds each rate limit (in Redis with several API processes)
     extras: dict[str, Any] = field(default_factory=dict)  # parts other modules register by name
 
     @property

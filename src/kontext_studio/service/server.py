@@ -119,7 +119,8 @@ def build_app(settings: Settings, host: str, editor_factory: Callable[[], Editor
         dispatcher = CeleryDispatcher(celery_app(settings))
         say(f"jobs go to Celery workers through {settings.broker_url} (start them with `kontext worker`)")
     options = ServiceOptions(free=settings.free, local_user_id=prepared.local_user_id, local_port=port,
-                             dispatcher=dispatcher,
+                             dispatcher=dispatcher, limits_redis_url=settings.broker_url,
+                             limits_key_prefix=settings.broker_prefix,
                              image_urls=ImageFetcher(MAX_IMAGE_BYTES) if settings.allow_image_urls else None,
                              training_dir=Path(settings.home) / "training", prices=settings.prices,
                              training_price=settings.training_price)
@@ -152,4 +153,5 @@ def celery_app(settings: Settings) -> Any:
 
     if not settings.broker_url:
         raise UnsafeBind("set KONTEXT_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run Celery workers")
-    return make_celery(settings.broker_url, settings.service_database_url, storage_root=str(storage_root(settings)))
+    return make_celery(settings.broker_url, settings.service_database_url, storage_root=str(storage_root(settings)),
+                       key_prefix=settings.broker_prefix)

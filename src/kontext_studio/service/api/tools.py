@@ -32,10 +32,10 @@ from pydantic import BaseModel
 from kontext_studio.core.catalogue import CATALOGUE, Catalogue, ModelEntry
 from kontext_studio.core.errors import InvalidRequest, KontextError
 from kontext_studio.service.accounts.accounts_common import UserRecord
-from kontext_studio.service.api.limits import RateLimiter
 from kontext_studio.service.api.problems import Unauthorized
 from kontext_studio.service.inputs import upload_key, upload_sha256
 from kontext_studio.service.jobs.predictions import tier_of
+from kontext_studio.service.limits import LimiterFactory, memory_limiters
 from kontext_studio.service.models import ModelCatalogue
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited
 from kontext_studio.service.storage.files_sql import SqlFiles
@@ -111,7 +111,8 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
                  submit: Callable[[UserRecord, str, dict[str, Any]], str], get_job: Callable[[int, str], Any],
                  envelope_for: Callable[[Request, Any], dict[str, Any]], free: bool = False,
                  per_user_limit: int = 30, per_address_limit: int = 60, open_to_visitors: bool = False,
-                 concurrency: int = 2, models: ModelCatalogue | None = None) -> APIRouter:
+                 concurrency: int = 2, models: ModelCatalogue | None = None,
+                 limiters: LimiterFactory = memory_limiters) -> APIRouter:
     """The tools routes.
 
     Args:
@@ -130,12 +131,14 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
         concurrency: free tools running at once (they use every core they get).
         models: the server's models (its catalogue and prices, and which can run here); None: the default
             catalogue, every model listed as available.
+        limiters: builds the two limits (the service's: in Redis when its API processes share one, so a
+            client gets the limit once, not once per process).
     """
     router = APIRouter(tags=["tools"])
     files = SqlFiles(sessions)
     settings = ToolSettings(settings_store, open_to_visitors)
-    by_user = RateLimiter(per_user_limit, 60.0)
-    by_address = RateLimiter(per_address_limit, 60.0)
+    by_user = limiters("tools-user", per_user_limit, 60.0)
+    by_address = limiters("tools-address", per_address_limit, 60.0)
     gate = threading.BoundedSemaphore(concurrency)
 
     def caller(request: Request, authorization: Annotated[str | None, Header()] = None,
@@ -230,8 +233,8 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
             raise Unauthorized("sign in or send an API key: this server has not opened the free tools to visitors")
         client = request.client.host if request.client else "unknown"
         if me is not None:
-            by_user.check(me.id)
-        by_address.check(client)
+            await run_in_threadpool(by_user.check, me.id)  # a Redis round trip: off the event loop
+        await run_in_threadpool(by_address.check, client)
         images, mask, params, fmt, quality = await _read_inputs(request, me)
         if fmt == "jpeg" and spec.limits.alpha_out:
             raise InvalidRequest(f"{spec.title} makes a transparent picture, which JPEG cannot hold: ask for png or "

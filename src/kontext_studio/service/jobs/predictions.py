@@ -18,12 +18,12 @@ from kontext_studio.core.catalogue import CATALOGUE, Catalogue
 from kontext_studio.core.engine import Editor
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.service.accounts.accounts_common import UserRecord
-from kontext_studio.service.api.limits import RateLimited, RateLimiter
 from kontext_studio.service.db import TERMINAL_JOB_STATUSES, Job, JobStatus, utcnow
 from kontext_studio.service.db.models import TRAINING_TIER, WEBHOOK_EVENTS
 from kontext_studio.service.inputs import IMAGE_FIELDS, normalize_input, num_outputs, upload_sha256
 from kontext_studio.service.jobs.dispatch_base import Dispatcher
 from kontext_studio.service.jobs.jobs_sql import JobStore
+from kontext_studio.service.limits import Limiter, MemoryRateLimiter, RateLimited
 from kontext_studio.service.security.ssrf import AddressPolicy, is_public_address, resolve_checked
 from kontext_studio.service.security.text import check_text, printable
 from kontext_studio.service.security.uploads import MEDIA_TYPES
@@ -55,7 +55,7 @@ class SubmitPolicy:
     webhook_policy: AddressPolicy = is_public_address
     image_urls: Callable[[str, str], bytes] | None = None
     dispatcher: Dispatcher | None = None
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(60, 60.0))
+    limiter: Limiter = field(default_factory=lambda: MemoryRateLimiter(60, 60.0))  # per user, per minute
     catalogue: Catalogue = CATALOGUE  # the models and this server's prices (KONTEXT_PRICES)
 
 
