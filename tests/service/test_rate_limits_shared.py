@@ -78,3 +78,17 @@ def test_the_composition_root_counts_in_memory_without_redis(engine: Engine) -> 
     assert isinstance(shared.predictions.policy.limiter, RedisRateLimiter)
     assert isinstance(shared.limiters("tools-user", 30, 60.0), RedisRateLimiter)
     build_app(shared)  # Redis is not contacted at start-up: an unreachable one does not stop the service
+
+
+def test_kontext_serve_with_a_broker_counts_in_its_redis_under_the_installation_prefix(tmp_path: Any) -> None:
+    from kontext_studio.service.server import build_app as serve_app
+    from kontext_studio.service.server import celery_app
+    from kontext_studio.settings import Settings
+
+    settings = Settings.from_env({"KONTEXT_HOME": str(tmp_path), "KONTEXT_BROKER_URL": "redis://127.0.0.1:1/0",
+                                  "KONTEXT_BROKER_PREFIX": "site-a:"})
+    app = serve_app(settings, "127.0.0.1", lambda: Editor({"fake": FakeBackend()}), say=lambda _line: None)
+    limiter = app.state.services.predictions.policy.limiter
+    assert isinstance(limiter, RedisRateLimiter) and limiter.key(7) == "site-a:kontext:ratelimit:predictions:7"
+    # the broker's keys carry the same prefix, as with `celery -A kontext_studio.service.jobs.celery_app`
+    assert celery_app(settings).conf.broker_transport_options["global_keyprefix"] == "site-a:"
