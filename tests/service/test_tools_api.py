@@ -236,6 +236,7 @@ def test_rate_limited_per_user_and_per_address(engine: Engine) -> None:
     assert codes[:2] == [200, 200] and codes[2] == 429
     r = http.post("/v1/tools/resize", files=files, data={"width": "8"})
     assert int(r.headers["retry-after"]) >= 1
+    assert "more than 2 free tool runs in 60 s" in r.text  # the words of this endpoint, not "predictions"
 
 
 def test_erase_over_http_with_a_mask(app: Any, accounts: SqlAccounts) -> None:

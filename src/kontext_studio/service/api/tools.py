@@ -35,7 +35,7 @@ from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.problems import Unauthorized
 from kontext_studio.service.inputs import upload_key, upload_sha256
 from kontext_studio.service.jobs.predictions import tier_of
-from kontext_studio.service.limits import LimiterFactory, memory_limiters
+from kontext_studio.service.limits import Limiter, LimiterFactory, RateLimited, memory_limiters, over_limit
 from kontext_studio.service.models import ModelCatalogue
 from kontext_studio.service.security.uploads import MEDIA_TYPES, check_content_length, read_limited
 from kontext_studio.service.storage.files_sql import SqlFiles
@@ -104,6 +104,14 @@ def edit_model(model: Any, catalogue: Catalogue = CATALOGUE) -> ModelEntry:
            else f"there is no model named {shown}")
     raise InvalidRequest(f"model: {why}; AI tools are edits, so pick a model that edits: {editors}"[:1500],
                          field="model")
+
+
+def _check(limiter: Limiter, key: int | str) -> None:
+    """The limiter's check, refusing in the words of this endpoint (free tool runs, not predictions)."""
+    try:
+        limiter.check(key)
+    except RateLimited as exc:
+        raise over_limit(limiter.limit, limiter.window, exc.retry_after, "free tool runs") from None
 
 
 def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: Callable[..., UserRecord],
@@ -233,8 +241,8 @@ def tools_router(*, storage: Storage, sessions: Any, settings_store: Any, user: 
             raise Unauthorized("sign in or send an API key: this server has not opened the free tools to visitors")
         client = request.client.host if request.client else "unknown"
         if me is not None:
-            await run_in_threadpool(by_user.check, me.id)  # a Redis round trip: off the event loop
-        await run_in_threadpool(by_address.check, client)
+            await run_in_threadpool(_check, by_user, me.id)  # a Redis round trip: off the event loop
+        await run_in_threadpool(_check, by_address, client)
         images, mask, params, fmt, quality = await _read_inputs(request, me)
         if fmt == "jpeg" and spec.limits.alpha_out:
             raise InvalidRequest(f"{spec.title} makes a transparent picture, which JPEG cannot hold: ask for png or "

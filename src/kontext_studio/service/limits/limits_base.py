@@ -25,17 +25,18 @@ class RateLimited(KontextError):
         self.retry_after = max(1, int(retry_after + 0.999))
 
 
-def over_limit(limit: int, window: float, wait: float) -> RateLimited:
+def over_limit(limit: int, window: float, wait: float, noun: str = "predictions") -> RateLimited:
     """The refusal every implementation raises (one wording, whichever counts).
 
     Args:
         limit, window: the limit that was reached.
         wait: seconds until the oldest counted hit leaves the window.
+        noun: what is counted, in the words of the caller ("predictions", "free tool runs").
 
     Returns:
         The error to raise (Retry-After: ``wait`` rounded up, at least 1 s).
     """
-    return RateLimited(f"more than {limit} predictions in {window:.0f} s; retry in {wait:.0f} s",
+    return RateLimited(f"more than {limit} {noun} in {window:.0f} s; retry in {wait:.0f} s",
                        retry_after=wait)
 
 
