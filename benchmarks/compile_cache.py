@@ -32,10 +32,10 @@ def child(family: str, steps: int, home: str) -> dict[str, float]:
     compile_cache_dir(Path(home))
     quiet_third_party_logs()
     import torch
-
     from benchmarks.quant_quality import families
-    from kontext_studio.core.acceleration import LOSSLESS, Accelerator, keep_compiled_graphs
     from tests.conftest import noise_image
+
+    from kontext_studio.core.acceleration import LOSSLESS, Accelerator, keep_compiled_graphs
 
     keep_compiled_graphs()
     torch.set_num_threads(1)

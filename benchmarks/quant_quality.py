@@ -294,8 +294,8 @@ def print_family(r: dict[str, Any]) -> None:
     if "step_cache" in r:
         s = r["step_cache"]
         say(f"  step cache {s['kind']} (threshold {s['threshold']}): {s['block_calls']} linear-layer calls in the "
-            f"blocks vs {s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the mechanism, "
-            "not a quality claim)")
+            f"blocks vs {s['stock_block_calls']} stock; latent MAD {s['latent_mad']:.5f} (random weights: the "
+            "mechanism, not a quality claim)")
     if "step_cache_note" in r:
         say(f"  step cache: {r['step_cache_note']}")
 
