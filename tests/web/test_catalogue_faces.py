@@ -61,7 +61,8 @@ def test_series_lists_the_catalogue_and_runs_on_klein(klein: None, maker: Any, t
 
     page.set_input_files("#file-input", str(SAMPLES / "cat.jpg"))
     expect(page.get_by_test_id("ref")).to_have_count(1)
-    page.fill("#scenes", "as a pencil sketch\nin neon light")
+    # Scene texts of its own: the studio (and its library) is shared with the other browser tests.
+    page.fill("#scenes", "as a charcoal drawing\nunder a blue sky")
     page.select_option("#series-tier", "klein-4b")
     expect(page.get_by_test_id("series-submit")).to_have_text("Render 2 scenes · 4 credits")
     with page.expect_request(lambda r: r.url.endswith("/v1/series") and r.method == "POST") as sent:
