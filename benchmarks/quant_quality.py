@@ -88,8 +88,10 @@ def families(narrow: bool) -> dict[str, Family]:
         return _eval(FluxKontextPipeline(**parts))
 
     def run_kontext(pipe: Any, image: Any, steps: int) -> Any:
-        return pipe(image=image, prompt="make it snowy", height=128, width=128, num_inference_steps=steps,
-                    generator=generator(), output_type="latent", _auto_resize=False).images
+        # max_area too: without it the stock pipeline scales 128x128 up to its default of 1024x1024.
+        return pipe(image=image, prompt="make it snowy", height=128, width=128, max_area=128 * 128,
+                    num_inference_steps=steps, generator=generator(), output_type="latent",
+                    _auto_resize=False).images
 
     out = {"kontext": Family("kontext", kontext, run_kontext)}
     try:
@@ -176,7 +178,7 @@ def images_of(pipe: Any, fam: Family, image: Any, steps: int) -> tuple[Any, np.n
     kwargs: dict[str, Any] = {"prompt": "make it snowy", "height": 128, "width": 128, "num_inference_steps": steps,
                               "generator": torch.Generator().manual_seed(3), "output_type": "np"}
     if fam.name == "kontext":
-        kwargs.update(image=image, _auto_resize=False)
+        kwargs.update(image=image, _auto_resize=False, max_area=128 * 128)
     else:
         kwargs.update(image=[image])
     pixels = call(**kwargs).images[0]
