@@ -54,6 +54,13 @@ def test_models_lists_the_catalogue_with_state_and_licence(fake_service: Any, ac
     assert klein["tasks"] == ["edit", "generate"] and klein["max_references"] == 4 and klein["credits"] == 2
     assert rows["qwen-image-edit-2511"]["owner"] == "qwen" and rows["qwen-image-edit-2511"]["tasks"] == ["edit"]
     assert rows["flux-kontext-dev"]["credits"] == 5 and rows["flux-kontext-dev"]["tier"] == "dev"
+    # Local models list the profiles a prediction may ask for, with each family's step cache; hosted ones none.
+    assert rows["flux-kontext-fast"]["acceleration"]["default"] == "fast"
+    assert rows["flux-kontext-dev"]["acceleration"]["profiles"]["fast"]["step_cache"] == "magcache"
+    assert rows["flux-2-dev"]["acceleration"]["profiles"]["fast"]["step_cache"] == "taylorseer"
+    assert rows["qwen-image-edit-2511"]["acceleration"]["profiles"]["lossless"]["compile"] is True
+    assert klein["local"] is True and klein["acceleration"]["default"] == "stock"
+    assert rows["flux-2-max"]["local"] is False and rows["flux-2-max"]["acceleration"] is None
 
 
 def test_model_field_and_bfl_route_run_klein_and_record_it(fake_service: Any, accounts: SqlAccounts,
