@@ -46,3 +46,15 @@ def test_draft_halves_the_steps_visibly(model_env: Path, photo: Path, tmp_path: 
     assert code == 0, stderr
     recipe = json.loads(stdout)["recipe"]
     assert recipe["steps"] == 2 and recipe["draft"] is True and recipe["acceleration"]["profile"] == "fast"
+
+
+def test_a_profile_says_what_it_turned_on_and_what_it_could_not_use(model_env: Path, photo: Path,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    code, stdout, stderr = kontext("edit", photo, "x", "-o", tmp_path / "o.png", "--steps", "2",
+                                   "--acceleration", "lossless")
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert "speed: lossless profile (fused QKV)" in text
+    assert "not used: regional compilation is a GPU speed-up; skipped on the CPU" in text
+    code, stdout, _ = kontext("edit", photo, "x", "-o", tmp_path / "s.png", "--steps", "2")
+    assert code == 0 and "speed:" not in stdout  # stock: nothing to say

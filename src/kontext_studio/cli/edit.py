@@ -42,7 +42,7 @@ from kontext_studio.cli.output import (
     progress_bars,
     status_line,
 )
-from kontext_studio.cli.words import drift_line, identity_line
+from kontext_studio.cli.words import drift_line, identity_line, speed_lines
 from kontext_studio.core.errors import InvalidRequest
 from kontext_studio.core.registry import TIERS
 from kontext_studio.core.resolution import ASPECT_PRESETS
@@ -106,6 +106,8 @@ def report(result: Any, path: Path, as_json: bool) -> None:
     if line := identity_line(result.identity):
         out.print(escape(line), highlight=False)
     if line := drift_line(result.recipe.get("chain")):
+        out.print(escape(line), highlight=False)
+    for line in speed_lines(result.recipe.get("acceleration")):
         out.print(escape(line), highlight=False)
     print_notes(result.warnings, bool(result.recipe.get("model", {}).get("random_weights")))
 

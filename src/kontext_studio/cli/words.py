@@ -50,3 +50,32 @@ def drift_line(chain: dict[str, Any] | None) -> str | None:
     edits = chain.get("turn")
     after = f" after {edits} edits" if edits else ""
     return f"drift from the original{after}: {value:.2f} (0 = unchanged, 1 = nothing of it left)"
+
+
+_STEP_CACHES = {"magcache": "MagCache", "taylorseer": "TaylorSeer", "first_block": "first-block"}
+
+
+def speed_lines(report: dict[str, Any] | None) -> list[str]:
+    """What an acceleration profile turned on, then what it could not use here and why (none for ``stock``).
+
+    Args:
+        report: the recipe's ``acceleration`` (None for hosted models).
+
+    Returns:
+        A ``speed:`` line and one line per fallback; empty when the edit ran stock with no step cache.
+    """
+    if not report or (report.get("profile") == "stock" and not report.get("step_cache")):
+        return []
+    on = []
+    if report.get("attention") not in (None, "native"):
+        on.append(f"{report['attention'].strip('_')} attention")
+    if report.get("compiled"):
+        on.append("compiled blocks")
+    if report.get("fused_qkv"):
+        on.append("fused QKV")
+    if report.get("fp8"):
+        on.append("fp8 matmuls")
+    if report.get("step_cache"):
+        on.append(f"{_STEP_CACHES.get(report['step_cache'], report['step_cache'])} step cache")
+    lines = [f"speed: {report.get('profile')} profile ({', '.join(on) or 'nothing it speeds up runs here'})"]
+    return lines + [f"  not used: {why}" for why in report.get("fallbacks") or []]

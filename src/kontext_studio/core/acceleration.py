@@ -228,8 +228,9 @@ class Accelerator:
         if self._fp8_applied:
             return True
         if not self.generation.has_fp8:
-            fallbacks.append(f"fp8 matmuls need an Ada, Hopper or Blackwell GPU (this is {self.generation.value}); "
-                             "weights left in their precision")
+            here = f"this is {self.generation.value}" if self.generation.cuda else "there is none here"
+            fallbacks.append(f"fp8 matmuls need an Ada, Hopper or Blackwell GPU ({here}); weights left in their "
+                             "precision")
             return False
         try:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
