@@ -54,6 +54,8 @@ def test_every_page_fits_and_is_accessible(sized: tuple[str, Any], studio: Studi
         no_overflow(page)
         accessible(page, axe_source)
         shot(page, f"page-{name}-{size}")
+        if name == "prediction":  # a Fast edit says what its profile turned on, in words
+            expect(page.get_by_test_id("speed")).to_contain_text("fast profile")
     expect(page.get_by_test_id("not-found")).to_contain_text("does not exist")
 
     # After an upload the picture fills the canvas and Generate (with its price) is on screen.

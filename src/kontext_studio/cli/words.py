@@ -52,30 +52,14 @@ def drift_line(chain: dict[str, Any] | None) -> str | None:
     return f"drift from the original{after}: {value:.2f} (0 = unchanged, 1 = nothing of it left)"
 
 
-_STEP_CACHES = {"magcache": "MagCache", "taylorseer": "TaylorSeer", "first_block": "first-block"}
-
 
 def speed_lines(report: dict[str, Any] | None) -> list[str]:
-    """What an acceleration profile turned on, then what it could not use here and why (none for ``stock``).
+    """A ``speed:`` line saying what an acceleration profile turned on, then one line per part it could not use
+    here and why; empty when the edit ran stock with no step cache (or on a hosted model: ``report`` None)."""
+    from kontext_studio.core.acceleration import in_words
 
-    Args:
-        report: the recipe's ``acceleration`` (None for hosted models).
-
-    Returns:
-        A ``speed:`` line and one line per fallback; empty when the edit ran stock with no step cache.
-    """
-    if not report or (report.get("profile") == "stock" and not report.get("step_cache")):
+    said = in_words(report)
+    if said is None:
         return []
-    on = []
-    if report.get("attention") not in (None, "native"):
-        on.append(f"{report['attention'].strip('_')} attention")
-    if report.get("compiled"):
-        on.append("compiled blocks")
-    if report.get("fused_qkv"):
-        on.append("fused QKV")
-    if report.get("fp8"):
-        on.append("fp8 matmuls")
-    if report.get("step_cache"):
-        on.append(f"{_STEP_CACHES.get(report['step_cache'], report['step_cache'])} step cache")
-    lines = [f"speed: {report.get('profile')} profile ({', '.join(on) or 'nothing it speeds up runs here'})"]
-    return lines + [f"  not used: {why}" for why in report.get("fallbacks") or []]
+    summary, fallbacks = said
+    return [f"speed: {summary}"] + [f"  not used: {why}" for why in fallbacks]

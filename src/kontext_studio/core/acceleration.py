@@ -315,6 +315,36 @@ class Accelerator:
             self.transformer.disable_cache()
 
 
+_STEP_CACHE_NAMES = {"magcache": "MagCache", "taylorseer": "TaylorSeer", "first_block": "first-block"}
+
+
+def in_words(report: dict[str, Any] | None) -> tuple[str, list[str]] | None:
+    """A recipe's acceleration report as people read it, for every face.
+
+    Args:
+        report: the recipe's ``acceleration`` (``AccelerationReport.as_dict``; None for hosted models).
+
+    Returns:
+        ("fast profile (fused QKV, TaylorSeer step cache)", [each part it could not use here, and why]), or
+        None when the edit ran stock with no step cache: nothing to say.
+    """
+    if not report or (report.get("profile") == "stock" and not report.get("step_cache")):
+        return None
+    on = []
+    if report.get("attention") not in (None, "native"):
+        on.append(f"{str(report['attention']).strip('_')} attention")
+    if report.get("compiled"):
+        on.append("compiled blocks")
+    if report.get("fused_qkv"):
+        on.append("fused QKV")
+    if report.get("fp8"):
+        on.append("fp8 matmuls")
+    if report.get("step_cache"):
+        on.append(f"{_STEP_CACHE_NAMES.get(report['step_cache'], report['step_cache'])} step cache")
+    summary = f"{report.get('profile')} profile ({', '.join(on) or 'nothing it speeds up runs here'})"
+    return summary, [str(why) for why in report.get("fallbacks") or []]
+
+
 def _import_inductor() -> None:
     """Import torch's compiler up front: its import runs deprecated torch.jit code that warns (torch's own
     internals, nothing this program calls), which would otherwise surface in the middle of the first edit."""

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from kontext_studio.core.acceleration import in_words
 from kontext_studio.core.errors import KontextError
 from kontext_studio.service.accounts.accounts_common import UserRecord
 from kontext_studio.service.api.analysis import ROLES
@@ -185,7 +186,8 @@ def mount_studio(app: FastAPI) -> None:
         inputs = [(svc.predictions.file_url(base, k), *(sizes[i] if i < len(sizes) else (320, 320)))
                   for i, k in enumerate(job.input.get("images", []))]
         return render(request, page, "prediction.html", job=card(request, job), settings=settings,
-                      recipe=recipe or None, warnings=printable((job.output or {}).get("warnings") or []),
+                      recipe=recipe or None, speed=in_words(recipe.get("acceleration")),
+                      warnings=printable((job.output or {}).get("warnings") or []),
                       inputs=inputs, output_size=recipe.get("output_size") or [320, 320])
 
     @app.get("/studio/coach", response_class=HTMLResponse, include_in_schema=False)
