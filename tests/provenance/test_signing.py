@@ -187,10 +187,11 @@ def test_other_formats_a_tool_can_write_are_signed_too(fmt: str, credentials: Co
                                                        photo: Path) -> None:
     buf = io.BytesIO()
     Image.open(photo).save(buf, format=fmt.upper())
-    signed = sign_tool_output(buf.getvalue(), fmt, "convert", [photo])
+    # This test's own signer on both sides, whatever another test left installed process-wide.
+    signed = sign_tool_output(buf.getvalue(), fmt, "convert", [photo], credentials=credentials)
     assert signed.signed, signed.note
-    report = inspect_provenance(signed.data)
-    assert report.credentials == "trusted" and report.format == fmt.upper()
+    report = inspect_provenance(signed.data, credentials=credentials)
+    assert report.credentials == "trusted" and report.format == fmt.upper(), report.summary
     assert Image.open(io.BytesIO(signed.data)).size == (160, 120)  # still a picture every reader opens
 
 
