@@ -142,3 +142,62 @@ def test_a_step_cache_needs_two_blocks_and_says_so() -> None:
     report = Accelerator(one_block, "cpu").use(FAST)
     assert report.step_cache is None
     assert any("at least two transformer blocks" in note for note in report.fallbacks)
+
+
+@pytest.fixture()
+def own_pipe(pipe):  # type: ignore[no-untyped-def]
+    """The tiny pipeline with a transformer of its own (these tests change its weights)."""
+    import copy
+
+    from diffusers import FluxKontextPipeline
+
+    p = FluxKontextPipeline(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture()
+def fp8_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's fp8 conversion runs only on an fp8 GPU; this stand-in stores each linear weight in float8 e4m3
+    the way it does, so the switching around it can be checked on the CPU."""
+    import torchao.quantization as tq
+
+    def quantize(model: torch.nn.Module, _config: object) -> None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight = torch.nn.Parameter(m.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+
+    monkeypatch.setattr(tq, "quantize_", quantize)
+
+
+def _on_hopper(transformer: torch.nn.Module) -> Accelerator:
+    from kontext_studio.core.planner import GpuGeneration
+
+    acc = Accelerator(transformer, "cpu")
+    acc.generation = GpuGeneration.HOPPER
+    return acc
+
+
+def test_an_edit_without_fp8_gets_the_full_precision_weights_back(own_pipe, fp8_stand_in) -> None:  # type: ignore[no-untyped-def]
+    # dev and fast share one warm model: a dev edit after a fast one must not run on fp8 weights.
+    reference = latents(own_pipe)
+    acc = _on_hopper(own_pipe.transformer)
+    assert acc.use(AccelerationProfile("fp8", fp8=True)).fp8
+    assert torch.float8_e4m3fn in {p.dtype for p in own_pipe.transformer.parameters()}
+    report = acc.use(STOCK)
+    assert not report.fp8 and not report.fallbacks
+    assert torch.float8_e4m3fn not in {p.dtype for p in own_pipe.transformer.parameters()}
+    assert torch.equal(latents(own_pipe), reference)
+    assert acc.use(AccelerationProfile("fp8 again", fp8=True)).fp8  # and on again from the same copy
+
+
+def test_fp8_that_cannot_be_undone_says_so(own_pipe, fp8_stand_in,  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import kontext_studio.core.acceleration as acceleration
+
+    monkeypatch.setattr(acceleration, "available_system_memory", lambda: 1024)
+    acc = _on_hopper(own_pipe.transformer)
+    report = acc.use(AccelerationProfile("fp8", fp8=True))
+    assert report.fp8 and "does not fit in free system memory" in " ".join(report.fallbacks)
+    report = acc.use(STOCK)
+    assert report.fp8 and "stay on until the model reloads" in " ".join(report.fallbacks)

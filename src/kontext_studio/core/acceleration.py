@@ -145,6 +145,7 @@ class Accelerator:
         self._compiled_inner = False
         self._fp8_applied = False
         self._cannot_fuse: str | None = None  # said once found, so a profile never retries (and recompiles)
+        self._full_precision: dict[str, Any] | None = None  # linear weights before fp8, on the CPU
 
     # -- load-time parts (kept while the profile stays the same) ---------------------------------------
     def use(self, profile: AccelerationProfile) -> AccelerationReport:
@@ -223,8 +224,12 @@ class Accelerator:
     def _fp8(self, wanted: bool, fallbacks: list[str]) -> bool:
         if not wanted:
             if self._fp8_applied:
-                fallbacks.append("fp8 quantization stays applied until the model reloads")
-            return self._fp8_applied
+                if self._full_precision is None:
+                    fallbacks.append("fp8 matmuls stay on until the model reloads (no full-precision copy of the "
+                                     "weights fitted in system memory to switch back)")
+                    return True
+                self._restore_full_precision()
+            return False
         if self._fp8_applied:
             return True
         if not self.generation.has_fp8:
@@ -239,9 +244,37 @@ class Accelerator:
             return False
         if self._compiled:
             self._uncompile()
+        if self._full_precision is None:
+            # Tiers share a warm model (dev and fast do): keep the linear weights as they were, in system
+            # memory, so a later edit asking for full precision gets it back in one copy instead of fp8.
+            self._full_precision = self._copy_linear_weights(fallbacks)
         quantize_(self.transformer, Float8DynamicActivationFloat8WeightConfig())
         self._fp8_applied = True
         return True
+
+    def _copy_linear_weights(self, fallbacks: list[str]) -> dict[str, Any] | None:
+        import torch
+
+        linears = {name: m for name, m in self.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+        need = sum(m.weight.numel() * m.weight.element_size() for m in linears.values())
+        room = available_system_memory()
+        if room is not None and need > 0.8 * room:
+            fallbacks.append(f"fp8 stays on for later edits until the model reloads: a full-precision copy "
+                             f"({need / 2**30:.1f} GiB) does not fit in free system memory ({room / 2**30:.1f} GiB)")
+            return None
+        return {name: m.weight.detach().to("cpu", copy=True) for name, m in linears.items()}
+
+    def _restore_full_precision(self) -> None:
+        import torch
+
+        assert self._full_precision is not None
+        if self._compiled:
+            self._uncompile()  # the graphs captured the fp8 weights
+        modules = dict(self.transformer.named_modules())
+        for name, weight in self._full_precision.items():
+            module = modules[name]
+            module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
+        self._fp8_applied = False
 
     def _compile(self, wanted: bool, fallbacks: list[str], inner: bool = False) -> bool:
         if not wanted:
@@ -343,6 +376,23 @@ def in_words(report: dict[str, Any] | None) -> tuple[str, list[str]] | None:
         on.append(f"{_STEP_CACHE_NAMES.get(report['step_cache'], report['step_cache'])} step cache")
     summary = f"{report.get('profile')} profile ({', '.join(on) or 'nothing it speeds up runs here'})"
     return summary, [str(why) for why in report.get("fallbacks") or []]
+
+
+def available_system_memory() -> int | None:
+    """Bytes of system memory free for a new allocation (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _import_inductor() -> None:
