@@ -272,8 +272,12 @@ class Accelerator:
             self._uncompile()  # the graphs captured the fp8 weights
         modules = dict(self.transformer.named_modules())
         for name, weight in self._full_precision.items():
-            module = modules[name]
-            module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
+            # A LoRA loaded since wraps the layer (its own weights live in ``base_layer``); one unloaded since
+            # took its adapter layers with it.
+            module = modules.get(name)
+            module = getattr(module, "base_layer", module)
+            if isinstance(module, torch.nn.Linear):
+                module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
         self._fp8_applied = False
 
     def _compile(self, wanted: bool, fallbacks: list[str], inner: bool = False) -> bool:
