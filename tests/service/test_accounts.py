@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.core.errors import InvalidRequest, KontextError
@@ -115,3 +116,38 @@ def test_database_never_holds_a_plaintext_key(
     with sessions() as session:
         stored = session.scalars(select(ApiKey.hash).where(ApiKey.user_id == user.id)).all()
     assert sorted(stored) == sorted(hash_api_key(p) for p in issued)
+
+
+def test_authentication_reads_and_only_refreshes_last_used(
+    accounts: SqlAccounts, sessions: sessionmaker[Session], new_user: Callable[..., UserRecord],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every API request authenticates: a key used a moment ago costs one read and no write; the stamp of
+    its last use is refreshed once the resolution has passed, and a revocation counts on the next call."""
+    user = new_user()
+    plaintext, record = accounts.create_api_key(user.id)
+    assert accounts.authenticate(plaintext) == user
+    [stamped] = accounts.list_api_keys(user.id)
+    assert stamped.last_used_at is not None
+
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.split()[0].upper())
+        if statement.upper().startswith("BEGIN") and len(statements) == 1:
+            assert "IMMEDIATE" not in statement.upper()
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert accounts.authenticate(plaintext) == user
+        assert [s for s in statements if s != "BEGIN"] == ["SELECT"]  # SQLite: BEGIN DEFERRED, no write lock
+        monkeypatch.setattr(accounts_sql, "LAST_USED_RESOLUTION", timedelta(0))
+        assert accounts.authenticate(plaintext) == user
+        assert "UPDATE" in statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    [refreshed] = accounts.list_api_keys(user.id)
+    assert refreshed.last_used_at is not None and refreshed.last_used_at > stamped.last_used_at
+    accounts.revoke_key(record.id)
+    assert accounts.authenticate(plaintext) is None

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, select, update
+from sqlalchemy import ColumnElement, Connection, CursorResult, Engine, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,6 +66,10 @@ from kontext_studio.service.db.models import (
 _DUMMY_HASH = hash_api_key("ks_00000000_not-a-key")
 # last_used_at is refreshed at most this often, so authentication is not a write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Every API request authenticates: the key and its owner in one statement, built once (bound by prefix).
+_KEY_AND_OWNER = (select(ApiKey.id.label("key_id"), ApiKey.hash, ApiKey.revoked_at, ApiKey.last_used_at,
+                         User.id.label("user_id"), User.email, User.name, User.is_admin, User.created_at)
+                  .join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == bindparam("prefix")))
 
 
 def _user_record(row: User) -> UserRecord:
@@ -116,6 +120,11 @@ class SqlAccounts(AccountsBase):
         self._sessions = sessions
         self._free = free
         self._session: Session | None = None
+        bind = sessions.kw.get("bind")
+        self._read_bind: Engine | None = None
+        if isinstance(bind, Engine):
+            self._read_bind = (bind.execution_options(sqlite_begin="DEFERRED") if bind.dialect.name == "sqlite"
+                               else bind)
 
     @property
     def free(self) -> bool:
@@ -137,6 +146,20 @@ class SqlAccounts(AccountsBase):
         view = copy.copy(self)
         view._session = session
         return view
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session | Connection]:
+        """A read-only transaction: the caller's session in a ``using`` view, else a plain connection that
+        begins DEFERRED on SQLite (no write lock) and is rolled back when closed."""
+        if self._session is not None:
+            yield self._session
+            return
+        if self._read_bind is None:
+            with self._sessions() as session:
+                yield session
+            return
+        with self._read_bind.connect() as connection:
+            yield connection
 
     @contextmanager
     def _unit(self) -> Iterator[Session]:
@@ -213,16 +236,21 @@ class SqlAccounts(AccountsBase):
         prefix = parse_key_prefix(plaintext)
         if prefix is None:
             return None
-        with self._unit() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-            matches = hmac.compare_digest(hash_api_key(plaintext), row.hash if row is not None else _DUMMY_HASH)
-            if row is None or not matches or row.revoked_at is not None:
-                return None
-            now = utcnow()
-            if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-                row.last_used_at = now
-            user = s.get(User, row.user_id)
-            return None if user is None else _user_record(user)
+        # Every API request comes through here: one read of the key and its owner together, in a transaction
+        # that takes no write lock (a status poll must not queue behind the worker's writes on SQLite). The
+        # key's revocation is read on every call, so a revoked key stops working at once.
+        with self._reading() as read:
+            row = read.execute(_KEY_AND_OWNER, {"prefix": prefix}).first()
+        matches = hmac.compare_digest(hash_api_key(plaintext), row.hash if row is not None else _DUMMY_HASH)
+        if row is None or not matches or row.revoked_at is not None:
+            return None
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+            # At most once per resolution per key: the only write authentication ever makes.
+            with self._unit() as s:
+                s.execute(update(ApiKey).where(ApiKey.id == row.key_id).values(last_used_at=now))
+        return UserRecord(id=row.user_id, email=row.email, name=row.name, is_admin=row.is_admin,
+                          created_at=row.created_at)
 
     def revoke_key(self, key_id: int, *, user_id: int | None = None) -> ApiKeyRecord:
         with self._unit() as s:
