@@ -29,7 +29,13 @@ def services(request: Request) -> Services:
     return svc
 
 
-Svc = Annotated[Services, Depends(services)]
+async def _services_dependency(request: Request) -> Services:
+    # A coroutine, so FastAPI runs it on the event loop: a plain function dependency costs a worker-thread
+    # hop on every request.
+    return services(request)
+
+
+Svc = Annotated[Services, Depends(_services_dependency)]
 
 
 def base_of(request: Request) -> str:

@@ -82,9 +82,11 @@ async def put_prediction(request: Request, prediction_id: str, body: PredictionI
                         job_id=prediction_id.lower())
 
 
-@router.get("/predictions/{prediction_id}", name="get_prediction")
-def get_prediction(request: Request, prediction_id: str, svc: Svc, user: User) -> dict[str, Any]:
-    return svc.predictions.envelope(base_of(request), svc.predictions.get(user.id, prediction_id))
+# The most frequent request (clients poll it): the envelope is JSON already, so it is sent as it is rather
+# than validated and re-encoded against the declared dict (a second worker-thread hop per poll).
+@router.get("/predictions/{prediction_id}", name="get_prediction", response_model=dict[str, Any])
+def get_prediction(request: Request, prediction_id: str, svc: Svc, user: User) -> JSONResponse:
+    return JSONResponse(svc.predictions.envelope(base_of(request), svc.predictions.get(user.id, prediction_id)))
 
 
 def _sse(event: str, data: Any) -> str:
