@@ -89,7 +89,7 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
 
     opts = options or ServiceOptions()
     sessions, accounts, jobs = build_job_store(engine, free=opts.free)
-    files = SqlFiles(sessions)
+    files = SqlFiles(sessions, readers=jobs.readers)
     signer = UrlSigner(secret)
     limiters = build_limiters(opts)
     policy = SubmitPolicy(free=opts.free, max_active_per_user=opts.max_active_per_user,
@@ -121,6 +121,8 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
                 outbox.notify(job_id, "output", predictions.envelope(base_url, job))
 
     jobs.on_change = on_change
+    # A new job waits ("starting"): no webhook event to look for, only the worker to wake.
+    jobs.on_submit = lambda _job_id: worker.wake()
     training_store, runner = build_training(sessions, storage, editor, work_dir=opts.training_dir,
                                           accounts=accounts, price=opts.training_price)
     in_process = opts.start_worker and opts.dispatcher is None

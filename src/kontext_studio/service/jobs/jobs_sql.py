@@ -72,6 +72,10 @@ class JobStore:
         self.readers = (make_session_factory(bind.execution_options(sqlite_begin="DEFERRED"))
                         if bind is not None and bind.dialect.name == "sqlite" else sessions)
         self.on_change = on_change or (lambda _job_id: None)
+        # Called instead of ``on_change`` right after a submit (None: ``on_change``). A job just queued waits
+        # ("starting"), which is no webhook event, so a caller that reads the job back on each change to
+        # find events can skip that read here.
+        self.on_submit: Callable[[str], None] | None = None
 
     # -- submit -----------------------------------------------------------------------------------
     def submit(self, user_id: int, tier: str, model: str, body: dict[str, Any], price: int, *,
@@ -118,7 +122,7 @@ class JobStore:
                 s.add(IdempotencyKey(user_id=user_id, key=idempotency_key, fingerprint=fp, job_id=job.id,
                                      expires_at=utcnow() + IDEMPOTENCY_TTL))
             new = job.id
-        self.on_change(new)
+        (self.on_submit or self.on_change)(new)
         return new, True
 
     # -- worker side ------------------------------------------------------------------------------

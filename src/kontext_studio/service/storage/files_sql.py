@@ -39,10 +39,14 @@ class SqlFiles:
 
     Args:
         sessions: session factory of a migrated database.
+        readers: session factory for reads (e.g. one whose SQLite transactions take no write lock, so the
+            ownership check of every submit naming a file does not queue behind writers); None: ``sessions``.
     """
 
-    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]):
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]],
+                 readers: Callable[[], AbstractContextManager[Session]] | None = None):
         self._sessions = sessions
+        self._readers = readers or sessions
 
     def record(self, user_id: int, key: str, sha256: str, content_type: str, size: int) -> FileRecord:
         """Note that ``user_id`` uploaded the blob under ``key``; uploading the same bytes again reuses the row.
@@ -50,8 +54,15 @@ class SqlFiles:
         Returns:
             The user's record of the file.
         """
+        query = select(File).where(File.user_id == user_id, File.sha256 == sha256, File.path == key)
+        # A reference sent again (the same picture inline in many submits) is found by a read that takes no
+        # write lock; only a new one is written (looked up again under the lock, so two at once make one row).
+        with self._readers() as s:
+            found = s.scalar(query)
+            if found is not None:
+                return _record(found)
         with self._sessions() as s, s.begin():
-            row = s.scalar(select(File).where(File.user_id == user_id, File.sha256 == sha256, File.path == key))
+            row = s.scalar(query)
             if row is None:
                 row = File(user_id=user_id, sha256=sha256, path=key, content_type=content_type, size=size)
                 s.add(row)
@@ -60,12 +71,12 @@ class SqlFiles:
 
     def owns(self, user_id: int, key: str) -> bool:
         """Whether ``user_id`` uploaded the blob under ``key``."""
-        with self._sessions() as s:
+        with self._readers() as s:
             return s.scalar(select(File.id).where(File.user_id == user_id, File.path == key).limit(1)) is not None
 
     def list(self, user_id: int, limit: int = 100) -> list[FileRecord]:
         """The user's uploads, newest first."""
-        with self._sessions() as s:
+        with self._readers() as s:
             rows = s.scalars(select(File).where(File.user_id == user_id)
                              .order_by(File.created_at.desc(), File.id.desc()).limit(max(1, min(500, limit))))
             return [_record(r) for r in rows]
