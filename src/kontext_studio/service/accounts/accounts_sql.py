@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import ColumnElement, Connection, CursorResult, Engine, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, CursorResult, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -404,13 +404,15 @@ class SqlAccounts(AccountsBase):
     def _entries(s: Session, job_id: str | None, kind: LedgerKind, debit: str, credit: str, amount: int) -> None:
         """Write one movement: ``-amount`` on ``debit`` and ``+amount`` on ``credit``."""
         now = utcnow()
-        s.add_all(
+        # One INSERT of both rows, without building ORM objects or reading their ids back (every submit and
+        # every settlement writes a movement; nothing in the transaction reads the entries' ids).
+        s.execute(
+            insert(LedgerEntry),
             [
-                LedgerEntry(job_id=job_id, account=debit, amount=-amount, kind=kind.value, created_at=now),
-                LedgerEntry(job_id=job_id, account=credit, amount=amount, kind=kind.value, created_at=now),
-            ]
+                {"job_id": job_id, "account": debit, "amount": -amount, "kind": kind.value, "created_at": now},
+                {"job_id": job_id, "account": credit, "amount": amount, "kind": kind.value, "created_at": now},
+            ],
         )
-        s.flush()
 
     # --- audit --------------------------------------------------------------------------------------
 
