@@ -295,3 +295,21 @@ def test_account_ledger_shows_hold_and_capture(service: Any, accounts: SqlAccoun
     entries = [e for e in client.get("/v1/account/ledger").json()["results"] if e["job_id"] == pid]
     kinds = sorted((e["kind"], e["account"], e["amount"]) for e in entries)
     assert kinds == [("capture", "held", -5), ("hold", "available", -5), ("hold", "held", 5)]
+
+
+def test_submit_answers_what_a_status_read_answers_next(engine: Engine, accounts: SqlAccounts) -> None:
+    """The submit's answer is built from the prediction as it was queued, not read back: it must be exactly
+    what the next status read says (no worker here, so nothing changes in between), webhook fields and
+    all."""
+    app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend()}), SECRET, start_worker=False,
+                     allow_http_webhooks=True, webhook_policy=lambda _address: True)
+    client, _ = user_client(app, accounts)
+    body = {"model": "flux-kontext-dev", "webhook": "http://127.0.0.1:9/hook",
+            "webhook_events_filter": ["completed"],
+            "input": {"prompt": "a lighthouse at dusk", "input_image": data_url(png()), "seed": 7,
+                      "num_inference_steps": 2, "guidance": 2.5}}
+    r = client.post("/v1/predictions", body, **{"Cancel-After": "30m"})
+    assert r.status_code == 201, r.text
+    again = client.get(f"/v1/predictions/{r.json()['id']}")
+    assert again.status_code == 200 and again.json() == r.json()
+    assert r.json()["status"] == "starting" and r.json()["cost"] == 5

@@ -108,6 +108,8 @@ def build_services(engine: Any, storage: Storage, editor: Editor, secret: bytes,
 
     def on_change(job_id: str) -> None:
         worker.wake()
+        if not jobs.webhook_of(job_id):  # most jobs have none: one column read, not the whole job
+            return
         try:
             job = jobs.get(None, job_id)
         except KontextError:

@@ -47,12 +47,17 @@ class PromoteIn(BaseModel):
 async def create(request: Request, svc: Svc, user: Any, tier: str, body: Submission, *, prefer: str | None = None,
                  idem: str | None = None, cancel_after: str | None = None, job_id: str | None = None) -> JSONResponse:
     """Submit off the event loop, wait if asked, answer the envelope (201 new, 200 replay)."""
-    new_id, created = await asyncio.to_thread(svc.predictions.submit, user, tier, body, idempotency_key=idem,
-                                              cancel_after=cancel_after, job_id=job_id)
+    new, existing_id = await asyncio.to_thread(svc.predictions.submit_job, user, tier, body, idempotency_key=idem,
+                                               cancel_after=cancel_after, job_id=job_id)
+    prediction_id = new.id if new is not None else str(existing_id)
     wait = prefer_wait(prefer)
-    job = await svc.predictions.wait(user.id, new_id, wait) if wait else \
-        await asyncio.to_thread(svc.predictions.get, user.id, new_id)
-    return JSONResponse(svc.predictions.envelope(base_of(request), job), status_code=201 if created else 200)
+    if wait:
+        job = await svc.predictions.wait(user.id, prediction_id, wait)
+    elif new is not None:
+        job = new  # as committed: no read back
+    else:  # a replay answers the prediction as it is now
+        job = await asyncio.to_thread(svc.predictions.get, user.id, prediction_id)
+    return JSONResponse(svc.predictions.envelope(base_of(request), job), status_code=201 if new is not None else 200)
 
 
 @router.post("/predictions", status_code=201)

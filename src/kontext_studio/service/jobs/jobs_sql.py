@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kontext_studio.service.accounts.accounts_sql import SqlAccounts
@@ -51,6 +51,10 @@ class Claim:
     tier: str
     input: dict[str, Any]
     lease_seconds: int = LEASE_SECONDS  # how far each progress report extends the lease
+
+
+# Read after every state change of every job (to find webhook events): built once, bound by id.
+_WEBHOOK_OF = select(Job.webhook).where(Job.id == bindparam("job_id"))
 
 
 class JobStore:
@@ -91,6 +95,24 @@ class JobStore:
             InsufficientCredits: before anything is queued.
             IdempotencyConflict: the key was used with another body.
         """
+        job, existing_id = self.submit_job(user_id, tier, model, body, price, webhook=webhook, events=events,
+                                           idempotency_key=idempotency_key, deadline=deadline, job_id=job_id)
+        return (job.id, True) if job is not None else (str(existing_id), False)
+
+    def submit_job(self, user_id: int, tier: str, model: str, body: dict[str, Any], price: int, *,
+                   webhook: str | None = None, events: list[str] | None = None,
+                   idempotency_key: str | None = None, deadline: datetime | None = None,
+                   job_id: str | None = None) -> tuple[Job | None, str | None]:
+        """``submit``, answering the new job itself (detached, as committed) so the caller need not read it
+        back.
+
+        Returns:
+            (the new job, None), or (None, the existing job's id) for an idempotent replay.
+
+        Raises:
+            InsufficientCredits: before anything is queued.
+            IdempotencyConflict: the key was used with another body.
+        """
         fp = fingerprint({"tier": tier, "body": body})
         with self.sessions.begin() as s:
             if idempotency_key:
@@ -100,7 +122,7 @@ class JobStore:
                     if row.fingerprint != fp:
                         raise IdempotencyConflict(
                             "Idempotency-Key was already used with a different request body; use a new key")
-                    return row.job_id, False
+                    return None, row.job_id
                 if row is not None:
                     s.delete(row)
                     s.flush()
@@ -111,7 +133,7 @@ class JobStore:
                         raise JobNotFound(f"prediction {job_id} belongs to another account")
                     if existing.request_fingerprint != fp:
                         raise IdempotencyConflict(f"prediction {job_id} exists with a different request body")
-                    return job_id, False
+                    return None, job_id
             job = Job(id=job_id or new_id(), user_id=user_id, model=model, tier=tier, input=body,
                       status=JobStatus.STARTING, cost=price, webhook=webhook, webhook_events_filter=events,
                       idempotency_key=idempotency_key, request_fingerprint=fp, deadline_at=deadline)
@@ -123,7 +145,7 @@ class JobStore:
                                      expires_at=utcnow() + IDEMPOTENCY_TTL))
             new = job.id
         (self.on_submit or self.on_change)(new)
-        return new, True
+        return job, None
 
     # -- worker side ------------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: int = LEASE_SECONDS) -> Claim | None:
@@ -269,6 +291,11 @@ class JobStore:
                 job.status, job.completed_at, job.lease_expires_at = JobStatus.CANCELED, utcnow(), None
                 self.accounts.using(s).release(job.id)
         self.on_change(job_id)
+
+    def webhook_of(self, job_id: str) -> str | None:
+        """The job's webhook URL (None: none, or no such job): one column, read without loading the job."""
+        with self.readers() as s:
+            return s.execute(_WEBHOOK_OF, {"job_id": job_id}).scalar()
 
     def get(self, user_id: int | None, job_id: str) -> Job:
         """A detached copy of the job (``user_id`` None: any owner, for workers).

@@ -155,6 +155,24 @@ class PredictionService:
             InsufficientCredits: the price is not available.
             TierNotConfigured: the tier has no backend on this server.
         """
+        job, existing_id = self.submit_job(user, tier, body, idempotency_key=idempotency_key,
+                                           cancel_after=cancel_after, job_id=job_id)
+        return (job.id, True) if job is not None else (str(existing_id), False)
+
+    def submit_job(self, user: UserRecord, tier: str, body: Submission, *, idempotency_key: str | None = None,
+                   cancel_after: str | None = None, job_id: str | None = None) -> tuple[Job | None, str | None]:
+        """``submit``, answering the new prediction itself as it was queued (the API's answer to a submit is
+        built from it, with no second read). Blocking: call it off the event loop.
+
+        Returns:
+            (the new prediction, None), or (None, the existing prediction's id) for an idempotent replay.
+
+        Raises:
+            InvalidRequest: a bad field (named); nothing is held.
+            RateLimited: over the rate limit or the active-prediction cap.
+            InsufficientCredits: the price is not available.
+            TierNotConfigured: the tier has no backend on this server.
+        """
         policy = self.policy
         entry = policy.catalogue.resolve(tier, "model")
         deadline = parse_deadline(cancel_after)
@@ -175,13 +193,13 @@ class PredictionService:
                                      on_stored=lambda key, kind, size: self.own_upload(user.id, key, kind, size))
         # Each output is a picture made and charged: num_outputs 3 holds (and captures) three times the price.
         price = 0 if policy.free else entry.price_credits * num_outputs(normalized, entry.key)
-        new_id, created = self.jobs.submit(user.id, entry.key, entry.short_name, normalized, price,
-                                           webhook=body.webhook, events=body.webhook_events_filter,
-                                           idempotency_key=idempotency_key, deadline=deadline, job_id=job_id)
-        if created and policy.dispatcher is not None:
+        job, existing_id = self.jobs.submit_job(user.id, entry.key, entry.short_name, normalized, price,
+                                                webhook=body.webhook, events=body.webhook_events_filter,
+                                                idempotency_key=idempotency_key, deadline=deadline, job_id=job_id)
+        if job is not None and policy.dispatcher is not None:
             # Published after the commit; if this process dies in between, the reaper re-sends it.
-            policy.dispatcher.enqueue(new_id)
-        return new_id, created
+            policy.dispatcher.enqueue(job.id)
+        return job, existing_id
 
     # -- read -------------------------------------------------------------------------------------------
     def get(self, user_id: int | None, job_id: str) -> Job:
