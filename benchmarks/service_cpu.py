@@ -30,12 +30,13 @@ from typing import Any
 import anyio.to_thread
 import httpx
 from PIL import Image
+from sqlalchemy import update
 
 from kontext_studio.core.backends.fake import FakeBackend
 from kontext_studio.core.engine import Editor
 from kontext_studio.service.accounts import SqlAccounts
 from kontext_studio.service.app import create_app
-from kontext_studio.service.db import make_engine, make_session_factory, upgrade
+from kontext_studio.service.db import Job, make_engine, make_session_factory, upgrade
 from kontext_studio.service.storage.fake import MemoryStorage
 
 
@@ -67,6 +68,35 @@ async def measure(n: int, call: Callable[[int], Awaitable[None]], warmup: int = 
     mean = (time.process_time() - total0) / n
     return {"cpu_ms": round(min(per_batch) * 1e3, 2), "cpu_ms_mean": round(mean * 1e3, 2),
             "wall_p50_ms": round(statistics.median(walls) * 1e3, 2)}
+
+
+async def submit_and_run(app: Any, n: int, submit: Callable[[int], Awaitable[None]],
+                         ids: list[str]) -> dict[str, float]:
+    """CPU per prediction with the in-process worker running: the submit, the job on the fake backend (claim,
+    progress, output stored, hold captured) and the worker's polling, until all ``n`` have ended."""
+    services = app.state.services
+    with services.jobs.sessions.begin() as s:  # the earlier measurements' queued jobs are not this figure's
+        s.execute(update(Job).where(Job.status == "starting").values(status="canceled"))
+    parts = [*services.background, services.worker]  # the app was built without starting the worker
+    for part in parts:
+        part.start()
+    try:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        first = len(ids)
+        for i in range(n):
+            await submit(i)
+        mine = ids[first:]
+        while True:
+            done = await asyncio.to_thread(lambda: all(services.predictions.get(None, j).status in
+                                                       ("succeeded", "failed", "canceled", "aborted") for j in mine))
+            if done:
+                break
+            await asyncio.sleep(0.05)
+        return {"cpu_ms": round((time.process_time() - cpu0) / n * 1e3, 2),
+                "wall_ms": round((time.perf_counter() - t0) / n * 1e3, 2)}
+    finally:
+        for part in reversed(parts):
+            part.stop()
 
 
 def inline_threads() -> None:
@@ -122,6 +152,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {"database": url.split(":")[0], "requests": args.requests}
         for name, call in paths.items():
             result[name] = await measure(args.requests, call)
+        if args.worker:
+            result["submit_and_run"] = await submit_and_run(app, args.requests // 2, submit_inline, ids)
         if args.profile:
             inline_threads()
             for name, call in paths.items():
@@ -143,6 +175,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print a cProfile top list per path")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
+    ap.add_argument("--worker", action="store_true",
+                    help="also: CPU per prediction with the in-process worker running each job to its end")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     result = asyncio.run(run(args))
@@ -154,6 +188,10 @@ def main() -> None:
             r = result[name]
             print(f"  {name:14s} {r['cpu_ms']:7.2f} ms CPU (cheapest batch; mean {r['cpu_ms_mean']:.2f})   "
                   f"wall p50 {r['wall_p50_ms']:7.2f} ms")
+        if "submit_and_run" in result:
+            r = result["submit_and_run"]
+            print(f"  submit + job   {r['cpu_ms']:7.2f} ms CPU per prediction with the worker running "
+                  f"(wall {r['wall_ms']:.2f} ms each)")
     for key, text in result.items():
         if key.startswith("profile_"):
             print(f"\n=== {key[8:]} ===\n{text}")
