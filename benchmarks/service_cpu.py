@@ -70,13 +70,13 @@ async def measure(n: int, call: Callable[[int], Awaitable[None]], warmup: int = 
             "wall_p50_ms": round(statistics.median(walls) * 1e3, 2)}
 
 
-async def submit_and_run(app: Any, n: int, submit: Callable[[int], Awaitable[None]],
-                         ids: list[str]) -> dict[str, float]:
+async def submit_and_run(app: Any, n: int, submit: Callable[[int], Awaitable[None]], ids: list[str],
+                         user_id: int) -> dict[str, float]:
     """CPU per prediction with the in-process worker running: the submit, the job on the fake backend (claim,
     progress, output stored, hold captured) and the worker's polling, until all ``n`` have ended."""
     services = app.state.services
     with services.jobs.sessions.begin() as s:  # the earlier measurements' queued jobs are not this figure's
-        s.execute(update(Job).where(Job.status == "starting").values(status="canceled"))
+        s.execute(update(Job).where(Job.user_id == user_id, Job.status == "starting").values(status="canceled"))
     parts = [*services.background, services.worker]  # the app was built without starting the worker
     for part in parts:
         part.start()
@@ -153,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, call in paths.items():
             result[name] = await measure(args.requests, call)
         if args.worker:
-            result["submit_and_run"] = await submit_and_run(app, args.requests // 2, submit_inline, ids)
+            result["submit_and_run"] = await submit_and_run(app, args.requests // 2, submit_inline, ids, user.id)
         if args.profile:
             inline_threads()
             for name, call in paths.items():
