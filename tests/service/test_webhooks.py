@@ -41,7 +41,7 @@ from kontext_studio.service.webhooks import (
     WebhookOutbox,
     WebhookSender,
 )
-from tests.service.conftest import insert_job
+from tests.service.conftest import insert_job, retire_jobs
 
 SECRET = new_secret()
 T0 = 1_700_000_000.0
@@ -182,16 +182,21 @@ def outbox(sessions: sessionmaker[Session], clock: FakeClock) -> WebhookOutbox:
 
 
 @pytest.fixture()
-def make_job(sessions: sessionmaker[Session], new_user: Callable[..., UserRecord]) -> Callable[..., str]:
+def make_job(sessions: sessionmaker[Session], new_user: Callable[..., UserRecord]) -> Iterator[Callable[..., str]]:
+    """Queued jobs with a webhook; retired at the end (they hold no credits, so a later test's worker that
+    claimed one would fail on it)."""
     user = new_user()
+    made: list[str] = []
 
     def make(webhook: str | None, events: list[str] | None = None) -> str:
         job_id = insert_job(sessions, user.id)
         with sessions.begin() as s:
             s.execute(update(Job).where(Job.id == job_id).values(webhook=webhook, webhook_events_filter=events))
+        made.append(job_id)
         return job_id
 
-    return make
+    yield make
+    retire_jobs(sessions, made)
 
 
 def envelope(job_id: str, status: str = "succeeded") -> dict[str, Any]:
