@@ -65,15 +65,19 @@ def test_series_lists_the_catalogue_and_runs_on_klein(klein: None, maker: Any, t
     page.fill("#scenes", "as a charcoal drawing\nunder a blue sky")
     page.select_option("#series-tier", "klein-4b")
     expect(page.get_by_test_id("series-submit")).to_have_text("Render 2 scenes · 4 credits")
+    expect(page.locator('#series-tier option[value="pro"]')).to_have_attribute("data-hosted", "yes")
+    page.get_by_test_id("series-draft").check()  # a quick look at every scene: half the steps
     with page.expect_request(lambda r: r.url.endswith("/v1/series") and r.method == "POST") as sent:
         page.get_by_test_id("series-submit").click()
     assert sent.value.post_data_json["model"] == "black-forest-labs/flux-2-klein-4b"
+    assert sent.value.post_data_json["input"]["draft"] is True
     scenes = page.get_by_test_id("scene")
     expect(scenes).to_have_count(2)
     for i in range(2):
         expect(scenes.nth(i)).to_have_attribute("data-status", "succeeded", timeout=RESULT_TIMEOUT)
     newest = tiny_studio.api("GET", "/v1/predictions?limit=2")["results"]
     assert {p["model"] for p in newest} == {"flux-2-klein-4b"} and {p["cost"] for p in newest} == {2}
+    assert all(p["input"]["draft"] is True for p in newest)
     page.locator("#series-tier").scroll_into_view_if_needed()
     shot(page, "catalogue-01-series-on-klein")
     assert credits_agree(page, tiny_studio) == before - 4
@@ -98,6 +102,7 @@ def test_ai_tools_follow_the_chosen_model_onto_klein(klein: None, maker: Any, ti
     with page.expect_request(lambda r: r.url.endswith("/v1/tools/colorize") and r.method == "POST") as sent:
         colorize.click()
     assert sent.value.post_data_json["model"] == "black-forest-labs/flux-2-klein-4b"
+    assert sent.value.post_data_json["input"]["draft"] is True
     expect(page.get_by_test_id("tool-status")).to_contain_text("running as an edit on FLUX.2 [klein] 4B (2 credits)")
     expect(page.get_by_test_id("result")).to_be_visible(timeout=RESULT_TIMEOUT)
     expect(page.locator("#result-meta")).to_contain_text("flux-2-klein-4b", timeout=RESULT_TIMEOUT)

@@ -1195,6 +1195,16 @@ function updateSeriesPrice() {
   const paid = document.querySelector(".credits strong");
   $("#series-submit").textContent = n ? `Render ${n} scene${n === 1 ? "" : "s"} · ${paid ? `${each * n} credits` : "free"}`
     : "Render series";
+  // Draft halves the steps of a model this server runs; a hosted model chooses its own steps.
+  const draft = $("#series-draft");
+  if (draft) {
+    const hostedModel = !!opt && opt.dataset.hosted === "yes";
+    draft.disabled = hostedModel;
+    if (hostedModel) draft.checked = false;
+    $("#series-draft-note").textContent = hostedModel
+      ? `${opt.textContent.split(" · ")[0]} runs on Black Forest Labs' servers, which choose their own steps: no draft.`
+      : "A quick look at every scene for the same price; keep the seed and turn Draft off for the full pictures.";
+  }
 }
 
 function setupSeries() {
@@ -1214,6 +1224,7 @@ function setupSeries() {
     if (aspect !== "match_input_image") input.aspect_ratio = aspect;
     const seed = $("#series-seed").value.trim();
     if (seed) input.seed = Number(seed);
+    if ($("#series-draft") && $("#series-draft").checked && !$("#series-draft").disabled) input.draft = true;
     let series;
     try {
       series = await api("POST", "/v1/series", {model: $("#series-tier").selectedOptions[0].dataset.model || $("#series-tier").value, input, scenes});
