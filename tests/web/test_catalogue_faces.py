@@ -102,7 +102,6 @@ def test_ai_tools_follow_the_chosen_model_onto_klein(klein: None, maker: Any, ti
     with page.expect_request(lambda r: r.url.endswith("/v1/tools/colorize") and r.method == "POST") as sent:
         colorize.click()
     assert sent.value.post_data_json["model"] == "black-forest-labs/flux-2-klein-4b"
-    assert sent.value.post_data_json["input"]["draft"] is True
     expect(page.get_by_test_id("tool-status")).to_contain_text("running as an edit on FLUX.2 [klein] 4B (2 credits)")
     expect(page.get_by_test_id("result")).to_be_visible(timeout=RESULT_TIMEOUT)
     expect(page.locator("#result-meta")).to_contain_text("flux-2-klein-4b", timeout=RESULT_TIMEOUT)
