@@ -75,9 +75,11 @@ def catalogue(settings: Settings) -> Catalogue:
 
 
 def family_source(settings: Settings, entry: ModelEntry) -> ModelSource:
-    """Where ``entry``'s weights are: ``KONTEXT_WEIGHTS`` for it, else its hub repo."""
-    where = settings.weights_for(entry.name, entry.short_name, entry.key)
-    return ModelSource.parse(where or entry.weights.hub, base=entry.weights.hub)
+    """Where ``entry``'s weights are: ``KONTEXT_WEIGHTS`` for it, else its hub repo (a single file's other parts:
+    ``KONTEXT_BASES`` for it, else the hub repo)."""
+    names = (entry.name, entry.short_name, entry.key)
+    where = settings.weights_for(*names)
+    return ModelSource.parse(where or entry.weights.hub, base=settings.base_for(*names) or entry.weights.hub)
 
 
 def family_available(settings: Settings, entry: ModelEntry) -> bool:

@@ -52,6 +52,9 @@ class Settings:
             ``<home>/tool-models``).
         weights: where each catalogue model's weights are, by model name or key (``KONTEXT_WEIGHTS``:
             ``klein-4b=/models/klein,qwen-edit=Qwen/Qwen-Image-Edit-2511``); Kontext [dev] uses ``model``.
+        bases: for a model whose ``weights`` are a single transformer file (GGUF, fp8), the diffusers folder or
+            hub repo with its other parts (``KONTEXT_BASES``: ``qwen-edit=/models/qwen-edit``; default: the
+            model's hub repo); Kontext [dev] uses ``base_model``.
         warm_models: how many local models stay loaded at once (``KONTEXT_WARM_MODELS``; ``auto``/None: as
             many as free memory allows).
         prices: credit prices replacing the catalogue's (``KONTEXT_PRICES``: ``klein-4b=2,qwen-edit=5``).
@@ -84,6 +87,7 @@ class Settings:
     precision: str = "auto"
     text_encoder_precision: str = "auto"
     weights: tuple[tuple[str, str], ...] = ()
+    bases: tuple[tuple[str, str], ...] = ()
     warm_models: int | None = None
     prices: tuple[tuple[str, int], ...] = ()
     training_price: int = TRAINING_PRICE
@@ -91,6 +95,11 @@ class Settings:
     def weights_for(self, *names: str) -> str | None:
         """The weights location configured for a model (any of its names), if any."""
         table = {k.strip().lower(): v for k, v in self.weights}
+        return next((table[n.lower()] for n in names if n.lower() in table), None)
+
+    def base_for(self, *names: str) -> str | None:
+        """The base (other parts of a single-file model) configured for a model (any of its names), if any."""
+        table = {k.strip().lower(): v for k, v in self.bases}
         return next((table[n.lower()] for n in names if n.lower() in table), None)
 
     @classmethod
@@ -123,6 +132,7 @@ class Settings:
             precision=e.get("KONTEXT_PRECISION", "auto").lower(),
             text_encoder_precision=e.get("KONTEXT_TEXT_ENCODER_PRECISION", "auto").lower(),
             weights=_pairs(e.get("KONTEXT_WEIGHTS", "")),
+            bases=_pairs(e.get("KONTEXT_BASES", "")),
             warm_models=_count(e.get("KONTEXT_WARM_MODELS", "")),
             prices=tuple((k, int(v)) for k, v in _pairs(e.get("KONTEXT_PRICES", ""), "KONTEXT_PRICES")),
             training_price=_price(e.get("KONTEXT_TRAINING_PRICE", ""), "KONTEXT_TRAINING_PRICE"),

@@ -87,3 +87,18 @@ def test_build_tiny_model_builds_any_family(tmp_path: Path) -> None:
     assert index["_class_name"] == "QwenImageEditPlusPipeline" and index["processor"][1] == "Qwen2VLProcessor"
     code, _, stderr = kontext("build-tiny-model", tmp_path / "x", "--family", "sdxl")
     assert code == 2 and "--family must be one of kontext, klein, flux2, qwen" in stderr
+
+
+def test_kontext_bases_gives_a_single_file_model_its_other_parts(tiny_family_dirs: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    from kontext_studio.bootstrap import family_source
+    from kontext_studio.core.catalogue import get_model
+    from kontext_studio.settings import Settings
+
+    env = {"KONTEXT_WEIGHTS": f"qwen-edit={tmp_path / 'q.gguf'}",
+           "KONTEXT_BASES": f"qwen-edit={tiny_family_dirs['qwen']}"}
+    source = family_source(Settings.from_env(env), get_model("qwen-edit"))
+    assert source.kind == "single_file" and source.base == str(tiny_family_dirs["qwen"])
+    default = family_source(Settings.from_env({"KONTEXT_WEIGHTS": f"qwen-edit={tmp_path / 'q.gguf'}"}),
+                            get_model("qwen-edit"))
+    assert default.base == get_model("qwen-edit").weights.hub  # no base given: the model's hub repo

@@ -58,3 +58,21 @@ def test_a_profile_says_what_it_turned_on_and_what_it_could_not_use(model_env: P
     assert "not used: regional compilation is a GPU speed-up; skipped on the CPU" in text
     code, stdout, _ = kontext("edit", photo, "x", "-o", tmp_path / "s.png", "--steps", "2")
     assert code == 0 and "speed:" not in stdout  # stock: nothing to say
+
+
+def test_a_quantized_qwen_copy_runs_with_the_command_quantize_prints(tiny_family_dirs: dict[str, Path],
+                                                                      photo: Path, tmp_path: Path) -> None:
+    import shlex
+
+    folder = tiny_family_dirs["qwen"]
+    gguf = tmp_path / "qwen-q8.gguf"
+    code, stdout, stderr = kontext("quantize", folder, "-o", gguf, "--format", "q8_0")
+    assert code == 0, stderr
+    (hint,) = [line for line in stdout.splitlines() if line.startswith("use it: ")]
+    assert f"--model qwen-edit --weights {gguf} --base {folder}" in hint
+    args = shlex.split(hint.removeprefix("use it: kontext "))
+    args = [str(photo) if a == "IMG" else str(tmp_path / "out.png") if a == "out.png" else a for a in args]
+    code, stdout, stderr = kontext(*args, "--steps", "2", "--json")  # the command as printed
+    assert code == 0, stderr
+    weights = json.loads(stdout)["recipe"]["model"]["weights"]
+    assert weights["format"] == "gguf" and weights["precision"] == "gguf-q8_0"

@@ -112,9 +112,12 @@ def model_settings(entry: Any, kontext_weights: str | None, weights: str | None,
 
     from kontext_studio.core.catalogue import Family
 
-    if weights and entry.family is Family.KONTEXT:
+    kontext = entry.family is Family.KONTEXT
+    if weights and kontext:
         kontext_weights = weights
-    settings = settings_for(kontext_weights, base, device, memory_mode)
-    if weights and entry.family is not Family.KONTEXT:
+    settings = settings_for(kontext_weights, base if kontext else None, device, memory_mode)
+    if weights and not kontext:
         settings = dataclasses.replace(settings, weights=(*settings.weights, (entry.key, weights)))
+    if base and not kontext:  # --base: where a single file's other parts are, for this model only
+        settings = dataclasses.replace(settings, bases=(*settings.bases, (entry.key, base)))
     return settings

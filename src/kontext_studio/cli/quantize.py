@@ -95,7 +95,33 @@ def quantize(
         return
     base_hint = base or str(config_dir if (config_dir / "model_index.json").is_file() else "FOLDER")
     out.print(f"[green]wrote[/] {written} ({size / 2**20:.1f} MiB, {size / bf16:.2f}x of bf16)", highlight=False)
-    out.print(f"use it: kontext edit IMG \"...\" --model {written} --base {base_hint} -o out.png", highlight=False)
+    key = catalogue_key(config_dir, class_name, bf16)
+    model = f"{written}" if key is None else f"{key} --weights {written}"
+    out.print(f"use it: kontext edit IMG \"...\" --model {model} --base {base_hint} -o out.png", highlight=False)
+
+
+def catalogue_key(folder: Path, class_name: str, bf16_bytes: int) -> str | None:
+    """The catalogue model a transformer belongs to, for the command that runs its quantized copy: None for
+    Kontext (its file goes in ``--model`` itself); else by the folder's pipeline class (``model_index.json``),
+    the model whose size is nearest where a pipeline has several (klein 4B and 9B)."""
+    import json
+
+    from kontext_studio.core.catalogue import CATALOGUE, Family
+
+    if class_name == "FluxTransformer2DModel":
+        return None
+    try:
+        pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        pipeline = None
+    transformer_of = {"Flux2KleinPipeline": "Flux2Transformer2DModel", "Flux2Pipeline": "Flux2Transformer2DModel",
+                      "QwenImageEditPlusPipeline": "QwenImageTransformer2DModel"}
+    candidates = [e for e in CATALOGUE.local() if e.family is not Family.KONTEXT
+                  and transformer_of.get(e.pipeline or "") == class_name
+                  and (pipeline is None or e.pipeline == pipeline)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda e: abs((e.memory_gb or 0) * 2**30 - bf16_bytes)).key
 
 
 def register(app: typer.Typer) -> None:
