@@ -40,6 +40,9 @@ ARCHITECTURES = {
     "QwenImageTransformer2DModel": "qwen_image",
 }
 FAMILY_WORDS = {"flux": "FLUX.1 (Kontext)", "flux2": "FLUX.2", "qwen_image": "Qwen-Image"}
+# The catalogue models a file of each family runs as (named in the refusal of a file given to another model).
+FILE_MODELS = {"flux": "Kontext [dev] (model dev)", "flux2": "FLUX.2 [klein] or FLUX.2 [dev] (model klein-4b, "
+               "klein-9b or flux2-dev)", "qwen_image": "Qwen-Image-Edit (model qwen-edit)"}
 # Key fragments that identify a family in the original (non-diffusers) layouts community files use.
 _LAYOUT_MARKERS = (
     ("double_blocks.", "flux"),  # BFL FLUX.1
@@ -344,8 +347,11 @@ def check_family(info: GgufInfo, expected: str, path: str | Path) -> None:
     """
     if info.architecture is not None and info.architecture != expected:
         got = FAMILY_WORDS.get(info.architecture, info.architecture)
+        belongs = FILE_MODELS.get(info.architecture)
         raise WeightsFormatError(f"{Path(path).name} holds a {got} transformer, but this model is "
-                                 f"{FAMILY_WORDS.get(expected, expected)}: pick a GGUF made for it")
+                                 f"{FAMILY_WORDS.get(expected, expected)}: pick a GGUF made for it"
+                                 + (f", or run this file as {belongs} with the folder it was made from as its base"
+                                    if belongs else ""))
 
 
 def load_gguf_transformer(model_cls: Any, path: str | Path, config: str | Path, compute_dtype: torch.dtype,
