@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import threading
@@ -129,6 +130,32 @@ def page(browser: Any, studio: Studio) -> Iterator[Any]:
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@contextlib.contextmanager
+def opened(browser: Any, url: str, key: str | None = None, **context_options: Any) -> Iterator[Any]:
+    """A desktop page on ``url``, signed in through the sign-in page with ``key`` (None: the local admin, who
+    needs no sign-in); a JavaScript error on the page fails the test.
+
+    Args:
+        context_options: for ``browser.new_context`` (``bypass_csp=True`` where axe-core is injected).
+    """
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport=DESKTOP, **context_options)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    if key is not None:
+        expect(page).to_have_url(re.compile("/sign-in"))  # a fresh browser is asked to sign in first
+        page.fill("#api_key", key)
+        page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#credits-available")).to_be_visible()
+    yield page
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
 

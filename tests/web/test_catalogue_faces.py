@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, TinyStudio, credits_agree
+from tests.web.conftest import TinyStudio, credits_agree, opened
 
 RESULT_TIMEOUT = 90_000  # the tiny models run on CPU, shared with the browser and the other tests
 SAMPLES = Path(__file__).parents[2] / "src" / "kontext_studio" / "web" / "static" / "samples"
@@ -22,18 +22,8 @@ SAMPLES = Path(__file__).parents[2] / "src" / "kontext_studio" / "web" / "static
 @pytest.fixture()
 def maker(browser: Any, tiny_studio: TinyStudio) -> Iterator[Any]:
     """A desktop browser signed in as the tiny studio's user (through the sign-in page, with the API key)."""
-    context = browser.new_context(viewport=DESKTOP)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(tiny_studio.url + "/")
-    page.fill("#api_key", tiny_studio.key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#credits-available")).to_be_visible()
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    with opened(browser, tiny_studio.url, tiny_studio.key) as page:
+        yield page
 
 
 def test_series_lists_the_catalogue_and_runs_on_klein(klein: None, maker: Any, tiny_studio: TinyStudio,

@@ -18,7 +18,7 @@ from kontext_studio.service.accounts import SqlAccounts
 from kontext_studio.service.app import create_app
 from kontext_studio.service.db import make_engine, make_session_factory, upgrade
 from kontext_studio.service.storage.storage_local import LocalStorage
-from tests.web.conftest import DESKTOP, _free_port, accessible, picture, serving
+from tests.web.conftest import _free_port, accessible, opened, picture, serving
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,8 @@ def speed_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 @pytest.fixture()
 def studio_page(browser: Any, speed_studio: tuple[str, FakeBackend]) -> Iterator[Any]:
     """A desktop browser signed in as the local admin (bypass_csp: axe-core is injected as an inline script)."""
-    context = browser.new_context(viewport=DESKTOP, device_scale_factor=1, bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(speed_studio[0] + "/")
-    expect(page.locator("#credits-available")).to_be_visible()
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    with opened(browser, speed_studio[0], device_scale_factor=1, bypass_csp=True) as page:
+        yield page
 
 
 def generate(page: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, PHONE, TinyStudio, accessible, credits_agree, no_overflow, wait_until
+from tests.web.conftest import DESKTOP, PHONE, TinyStudio, accessible, credits_agree, no_overflow, opened, wait_until
 
 RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser and the other tests
 
@@ -22,18 +22,8 @@ RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser a
 @pytest.fixture()
 def signed_in(browser: Any, tiny_studio: TinyStudio) -> Iterator[Any]:
     """A desktop browser signed in with the API key (bypass_csp: axe-core is injected as an inline script)."""
-    context = browser.new_context(viewport=DESKTOP, device_scale_factor=1, bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(tiny_studio.url + "/")
-    page.fill("#api_key", tiny_studio.key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#credits-available")).to_be_visible()
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    with opened(browser, tiny_studio.url, tiny_studio.key, device_scale_factor=1, bypass_csp=True) as page:
+        yield page
 
 
 def generate(page: Any, model: str) -> dict[str, Any]:

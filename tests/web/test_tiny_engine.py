@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import DESKTOP, TinyStudio, accessible, credits_agree, no_overflow, wait_until
+from tests.web.conftest import TinyStudio, accessible, credits_agree, no_overflow, opened, wait_until
 
 RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser and the other tests
 
@@ -22,19 +22,8 @@ RESULT_TIMEOUT = 90_000  # the tiny model runs on CPU, shared with the browser a
 @pytest.fixture()
 def maker(browser: Any, tiny_studio: TinyStudio) -> Iterator[Any]:
     """A desktop browser signed in as the tiny studio's user (through the sign-in page, with the API key)."""
-    context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(tiny_studio.url + "/")
-    expect(page).to_have_url(re.compile("/sign-in"))
-    page.fill("#api_key", tiny_studio.key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#credits-available")).to_be_visible()
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    with opened(browser, tiny_studio.url, tiny_studio.key, accept_downloads=True) as page:
+        yield page
 
 
 def wait_done(page: Any) -> None:
