@@ -35,6 +35,7 @@ from kontext_studio.core.backends.diffusers_kontext import (
     DiffusersKontextBackend,
     LocalWeights,
     LoraSlots,
+    start_steps,
 )
 from kontext_studio.core.catalogue import ModelEntry
 from kontext_studio.core.device import (
@@ -46,7 +47,7 @@ from kontext_studio.core.device import (
     pick_device,
     pick_dtype_name,
 )
-from kontext_studio.core.errors import Canceled, WeightsNotFound
+from kontext_studio.core.errors import WeightsNotFound
 from kontext_studio.core.quantize import apply_weight_precision, load_transformer_file
 from kontext_studio.core.weights import ModelSource, WeightsStatus, locate
 
@@ -319,15 +320,7 @@ class DiffusersFamilyBackend(LocalWeights, EditBackend):
         lora_entries = self.loras.apply(plan.loras)
         timings["lora"] = time.perf_counter() - t
 
-        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(i + 1, plan.steps)
-            if cancel is not None and cancel() and i + 1 < plan.steps:
-                raise Canceled(f"canceled after step {i + 1} of {plan.steps}")
-            return kwargs
-
-        if cancel is not None and cancel():
-            raise Canceled("canceled before the first step")
+        on_step_end = start_steps(plan.steps, on_step, cancel)
         images = self.reference_images(plan)
         if isinstance(pipe, CachingMixin):
             pipe._reference_keys = [(r.sha256, r.working_size) for r in plan.references]

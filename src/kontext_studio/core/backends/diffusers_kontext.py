@@ -222,6 +222,25 @@ class LoraSlots:
         return entries
 
 
+def start_steps(steps: int, on_step: ProgressFn | None, cancel: CancelFn | None) -> Callable[..., dict[str, Any]]:
+    """Check for a cancel before the first step, then give the stock pipelines' ``callback_on_step_end``: it
+    reports each finished step and stops between steps when ``cancel()`` says so.
+
+    Raises:
+        Canceled: ``cancel()`` was already true.
+    """
+    def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(i + 1, steps)
+        if cancel is not None and cancel() and i + 1 < steps:
+            raise Canceled(f"canceled after step {i + 1} of {steps}")
+        return kwargs
+
+    if cancel is not None and cancel():
+        raise Canceled("canceled before the first step")
+    return on_step_end
+
+
 class LocalWeights:
     """What every local diffusers backend does with its located weights: the working resolution, the size the
     warm pool makes room for, the fingerprint the recipe records, and unloading."""
@@ -468,15 +487,7 @@ class DiffusersKontextBackend(LocalWeights, EditBackend):
         lora_entries = self.loras.apply(plan.loras)
         timings["lora"] = time.perf_counter() - t
 
-        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(i + 1, plan.steps)
-            if cancel is not None and cancel() and i + 1 < plan.steps:
-                raise Canceled(f"canceled after step {i + 1} of {plan.steps}")
-            return kwargs
-
-        if cancel is not None and cancel():
-            raise Canceled("canceled before the first step")
+        on_step_end = start_steps(plan.steps, on_step, cancel)
         width, height = plan.model_size
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
         assert self.accelerator is not None
