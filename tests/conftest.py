@@ -74,3 +74,21 @@ def photo(tmp_path: Path) -> Path:
     p = tmp_path / "photo.jpg"
     noise_image(1000, 700).save(p, quality=92)
     return p
+
+
+REDIS_URL = os.environ.get("KONTEXT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis(what: str) -> str:
+    """The test Redis, or a skip (a failure when ``CI`` is set, naming ``what`` must run) saying why it is
+    unusable."""
+    from benchmarks.chaos_soak import redis_problem
+
+    problem = redis_problem(REDIS_URL)
+    if problem is not None:
+        message = (f"Redis is not reachable at {REDIS_URL} ({problem}). Start it or point KONTEXT_TEST_REDIS_URL "
+                   "at one.")
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} CI is set, so {what} must run.", pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL

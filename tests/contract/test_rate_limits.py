@@ -10,38 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from benchmarks.chaos_soak import delete_keys, redis_problem
+from benchmarks.chaos_soak import delete_keys
 
 from kontext_studio.service.api.limits import RateLimiter  # the older import path still works
 from kontext_studio.service.limits import Limiter, MemoryRateLimiter, RateLimited
 from kontext_studio.service.limits.limits_redis import KEY_SPACE, RedisLimiters, RedisRateLimiter
+from tests.conftest import REDIS_URL, require_redis
 
-REDIS_URL = os.environ.get("KONTEXT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 WINDOW = 60.0
-
-
-def require_redis() -> str:
-    """The test Redis, or a skip (a failure when ``CI`` is set) naming why it is unusable."""
-    problem = redis_problem(REDIS_URL)
-    if problem is not None:
-        message = (f"Redis is not reachable at {REDIS_URL} ({problem}). Start it or point KONTEXT_TEST_REDIS_URL "
-                   "at one.")
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} CI is set, so the Redis rate-limit tests must run.", pytrace=False)
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture()
 def redis_prefix() -> Iterator[str]:
     """A fresh key prefix on the test Redis; every key under it is deleted afterwards."""
-    url = require_redis()
+    url = require_redis("the Redis rate-limit tests")
     prefix = f"ks-test-{uuid.uuid4().hex[:10]}:"
     yield prefix
     delete_keys(url, prefix)

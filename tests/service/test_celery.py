@@ -10,7 +10,6 @@ a test fails, and exit on their own if the test process dies.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import time
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks.chaos_soak import EDITOR_FACTORY, WorkerPool, delete_keys, png, redis_problem
+from benchmarks.chaos_soak import EDITOR_FACTORY, WorkerPool, delete_keys, png
 from sqlalchemy import Engine, func, select
 
 from kontext_studio.core.registry import TIERS
@@ -44,22 +43,14 @@ from kontext_studio.service.jobs.dispatch_celery import (
 from kontext_studio.service.jobs.jobs_sql import JobStore
 from kontext_studio.service.jobs.reaper import Reaper, reap_once
 from kontext_studio.service.storage.storage_local import LocalStorage
+from tests.conftest import require_redis
 from tests.service.conftest import DatabaseFactory
-
-REDIS_URL = os.environ.get("KONTEXT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The test Redis, or a skip (a failure when ``CI`` is set) naming why it is unusable."""
-    problem = redis_problem(REDIS_URL)
-    if problem is not None:
-        message = (f"Redis is not reachable at {REDIS_URL} ({problem}). Start it or point KONTEXT_TEST_REDIS_URL "
-                   "at one.")
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} CI is set, so the Celery tests must run.", pytrace=False)
-        pytest.skip(message)
-    return REDIS_URL
+    return require_redis("the Celery tests")
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ from kontext_studio.service.inputs import data_url
 from kontext_studio.service.limits import MemoryRateLimiter
 from kontext_studio.service.limits.limits_redis import RedisRateLimiter
 from kontext_studio.service.storage.fake import MemoryStorage
-from tests.contract.test_rate_limits import require_redis
+from tests.conftest import require_redis
 from tests.service.test_api import SECRET, png, user_client
 from tests.service.test_tools_api import photo_bytes
 
@@ -30,7 +30,7 @@ from tests.service.test_tools_api import photo_bytes
 @pytest.fixture()
 def shared_redis() -> Iterator[dict[str, Any]]:
     """The options that put an app's rate limits in the test Redis, under a prefix deleted afterwards."""
-    url = require_redis()
+    url = require_redis("the Redis rate-limit tests")
     prefix = f"ks-test-{uuid.uuid4().hex[:10]}:"
     yield {"limits_redis_url": url, "limits_key_prefix": prefix}
     delete_keys(url, prefix)
