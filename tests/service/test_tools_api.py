@@ -170,17 +170,7 @@ def test_ai_tool_is_charged_exactly_like_an_edit(app: Any, accounts: SqlAccounts
         "prompt": "make it snowy", "input_image": image, "seed": 4}})
     assert plain.status_code == 201
 
-    def wait(pid: str) -> dict[str, Any]:
-        import time
-
-        for _ in range(400):
-            body = http.get(f"/v1/predictions/{pid}").json()
-            if body["status"] in ("succeeded", "failed", "canceled"):
-                return body
-            time.sleep(0.05)
-        raise AssertionError(body)
-
-    a, b = wait(tool_job["id"]), wait(plain.json()["id"])
+    a, b = wait_for(http, tool_job["id"]), wait_for(http, plain.json()["id"])
     assert a["status"] == b["status"] == "succeeded" and a["cost"] == b["cost"] == 5
     assert accounts.balance(uid).available == 90
 
