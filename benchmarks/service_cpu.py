@@ -21,29 +21,20 @@ import io
 import json
 import pstats
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import httpx
-from PIL import Image
+from service_latency import bench_account, png_bytes
 from sqlalchemy import update
 
 from kontext_studio.core.backends.fake import FakeBackend
 from kontext_studio.core.engine import Editor
-from kontext_studio.service.accounts import SqlAccounts
 from kontext_studio.service.app import create_app
-from kontext_studio.service.db import Job, make_engine, make_session_factory, upgrade
+from kontext_studio.service.db import Job
 from kontext_studio.service.storage.fake import MemoryStorage
-
-
-def png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 30, 200)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 async def measure(n: int, call: Callable[[int], Awaitable[None]], warmup: int = 20,
@@ -113,14 +104,7 @@ def inline_threads() -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp())
-    url = args.database_url or f"sqlite:///{tmp / 'cpu.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    accounts = SqlAccounts(make_session_factory(engine))
-    user = accounts.create_user(f"cpu-{time.time_ns()}@example.com", "cpu")
-    accounts.grant(user.id, 10_000_000)
-    key, _ = accounts.create_api_key(user.id)
+    url, engine, _accounts, user_id, key = bench_account(args.database_url, "cpu")
     app = create_app(engine, MemoryStorage(), Editor({"fake": FakeBackend(step_seconds=0.0, resolution=64)}),
                      b"x" * 32, rate_limit=0, max_active_per_user=10**9, start_worker=False)
     png = png_bytes()
@@ -153,7 +137,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, call in paths.items():
             result[name] = await measure(args.requests, call)
         if args.worker:
-            result["submit_and_run"] = await submit_and_run(app, args.requests // 2, submit_inline, ids, user.id)
+            result["submit_and_run"] = await submit_and_run(app, args.requests // 2, submit_inline, ids, user_id)
         if args.profile:
             inline_threads()
             for name, call in paths.items():

@@ -38,6 +38,26 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
 
+def png_bytes() -> bytes:
+    """A small PNG upload."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bench_account(database_url: str | None, name: str) -> tuple[str, Any, SqlAccounts, int, str]:
+    """A migrated database (``database_url``, else SQLite in a temporary folder) with one user holding plenty
+    of credits: (url, engine, accounts, the user's id, the user's API key)."""
+    url = database_url or f"sqlite:///{Path(tempfile.mkdtemp()) / f'{name}.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    accounts = SqlAccounts(make_session_factory(engine))
+    user = accounts.create_user(f"{name}-{time.time_ns()}@example.com", name)
+    accounts.grant(user.id, 10_000_000)
+    key, _ = accounts.create_api_key(user.id)
+    return url, engine, accounts, user.id, key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,14 +81,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp())
-    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    accounts = SqlAccounts(make_session_factory(engine))
-    user = accounts.create_user(f"bench-{time.time_ns()}@example.com", "bench")
-    accounts.grant(user.id, 10_000_000)
-    key, _ = accounts.create_api_key(user.id)
+    url, engine, accounts, user_id, key = bench_account(args.database_url, "bench")
     # The server runs in its own process: a load generator sharing its interpreter (and GIL) would measure
     # itself, not the API.
     port = free_port()
@@ -84,9 +97,7 @@ def main() -> None:
                 raise SystemExit("the API process did not start") from None
             time.sleep(0.2)
 
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 30, 200)).save(buf, format="PNG")
-    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
     headers = {"Authorization": f"Bearer {key}"}
     base = f"http://127.0.0.1:{port}"
     submit_lat: list[float] = []
@@ -128,7 +139,7 @@ def main() -> None:
     # Claim query against a deep queue.
     sessions = make_session_factory(engine)
     with sessions.begin() as s:
-        s.add_all(Job(user_id=user.id, model="flux-kontext-dev", tier="dev", input={"images": []})
+        s.add_all(Job(user_id=user_id, model="flux-kontext-dev", tier="dev", input={"images": []})
                   for _ in range(args.queued))
     store = JobStore(sessions, accounts)
     claim_times = []
