@@ -52,7 +52,6 @@ def drift_line(chain: dict[str, Any] | None) -> str | None:
     return f"drift from the original{after}: {value:.2f} (0 = unchanged, 1 = nothing of it left)"
 
 
-
 def speed_lines(report: dict[str, Any] | None) -> list[str]:
     """A ``speed:`` line saying what an acceleration profile turned on, then one line per part it could not use
     here and why; empty when the edit ran stock with no step cache (or on a hosted model: ``report`` None)."""
